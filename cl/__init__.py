@@ -1,0 +1,22 @@
+"""cl: a continual-learning experiment platform.
+
+Importing `cl` is cheap (no torch); heavy modules load on first use.
+"""
+
+__version__ = "0.1.0"
+
+__all__ = ["__version__", "load_run", "run"]
+
+
+def load_run(path):
+    """Load a run folder: returns a `Run` with `.metrics` (DataFrame) and `.summary` (dict)."""
+    from cl.store import load_run as _load_run
+
+    return _load_run(path)
+
+
+def run(overrides=(), **kwargs):
+    """Compose a config from `key=value` overrides and run it; returns the loaded `Run`."""
+    from cl.api import run as _run
+
+    return _run(overrides, **kwargs)

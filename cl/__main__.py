@@ -1,0 +1,5 @@
+import sys
+
+from cl.cli import main
+
+sys.exit(main())

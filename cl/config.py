@@ -1,0 +1,331 @@
+"""Compose YAML config groups with `key=value` overrides and validate them into a RunConfig.
+
+Grammar (as in Hydra): `group=option` picks `configs/<group>/<option>.yaml`
+(`strategy=[replay,naive]` composes several strategies, applied in order);
+`a.b=value` sets a key. `experiment=name` loads `configs/experiment/name.yaml`, which may pick
+groups (`defaults:`) and set keys. Importing this module does not import torch.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from cl.catalog import BENCHMARKS, MODELS, SOURCES, STRATEGIES
+from cl.errors import UserError
+
+GROUPS = ("benchmark", "model", "strategy", "optim", "experiment")
+
+
+@dataclass
+class BenchmarkConfig:
+    name: str = "split_mnist"
+    scenario: str = "split"  # split | permuted | rotated
+    source: str = "mnist5k"
+    n_tasks: int = 5
+    incremental: str = "class"  # class | task (split only: task-aware heads)
+    class_order: list[int] | None = None  # explicit order; null = 0..C-1 (or seeded shuffle)
+    shuffle_classes: bool = False  # shuffle class order with the run seed
+    angles: list[float] | None = None  # rotated: degrees per task; null = evenly in [0, max_angle]
+    max_angle: float = 180.0
+    test_fraction: float = 0.2  # held-out share for sources without a test split
+    split_seed: int = 0  # fixed train/test split for those sources, independent of `seed`
+
+
+@dataclass
+class ModelConfig:
+    name: str = "mlp"
+    hidden: list[int] = field(default_factory=lambda: [400, 400])
+    activation: str = "relu"  # relu | tanh | leaky_relu | gelu | sigmoid
+    layer_norm: bool = False
+    channels: list[int] = field(default_factory=lambda: [32, 64])  # cnn conv widths
+    width: int = 20  # resnet18 base channels
+
+
+@dataclass
+class OptimConfig:
+    name: str = "sgd"  # sgd | adam
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 1
+    batch_size: int = 32
+
+
+@dataclass
+class EvalConfig:
+    every: int = 1  # evaluate after every `every` training iterations (and at each task end)
+    subset: int = 1000  # fixed evaluation samples per task
+    unseen: bool = False  # also score future tasks at every evaluation
+    batch_size: int = 4096  # chunk size of the evaluation forward (memory bound only)
+
+
+@dataclass
+class WandbConfig:
+    mode: str = "offline"  # offline | online | disabled
+    project: str = "cl"
+    entity: str | None = None
+    group: str | None = None
+    tags: list[str] = field(default_factory=list)
+    init_timeout: float = 15.0
+
+
+@dataclass
+class RunSection:
+    dir: str = "runs"  # parent folder of the run folder
+    name: str | None = None  # run folder name; null = <benchmark>-<strategies>-s<seed>-<time>
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    progress: bool = True
+    checkpoint: bool = True
+
+
+@dataclass
+class DataConfig:
+    root: str = "data"
+    download: bool = True
+
+
+@dataclass
+class RunConfig:
+    seed: int = 0
+    benchmark: BenchmarkConfig = field(default_factory=BenchmarkConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    strategy: dict[str, Any] = field(default_factory=dict)  # name -> constructor kwargs, ordered
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    wandb: WandbConfig = field(default_factory=WandbConfig)
+    run: RunSection = field(default_factory=RunSection)
+    data: DataConfig = field(default_factory=DataConfig)
+
+
+CHOICES = {
+    "benchmark.scenario": ("split", "permuted", "rotated"),
+    "benchmark.source": tuple(SOURCES),
+    "benchmark.incremental": ("class", "task"),
+    "model.name": tuple(MODELS),
+    "model.activation": ("relu", "tanh", "leaky_relu", "gelu", "sigmoid"),
+    "optim.name": ("sgd", "adam"),
+    "wandb.mode": ("offline", "online", "disabled"),
+}
+
+
+def config_dir() -> Path:
+    """The `configs/` folder: $CL_CONFIG_DIR, else the one next to the `cl` package."""
+    env = os.environ.get("CL_CONFIG_DIR")
+    return Path(env) if env else Path(__file__).resolve().parent.parent / "configs"
+
+
+def options(group: str) -> list[str]:
+    return sorted(p.stem for p in (config_dir() / group).glob("*.yaml"))
+
+
+def _read_yaml(path: Path) -> dict:
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise UserError(f"{path} is not valid YAML: {e}") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{path} must hold a mapping of keys to values")
+    return data
+
+
+def _group_file(group: str, option: str) -> dict:
+    path = config_dir() / group / f"{option}.yaml"
+    if not path.is_file():
+        choices = ", ".join(options(group)) or "(none)"
+        raise UserError(f"unknown {group} '{option}'; valid choices: {choices}")
+    return _read_yaml(path)
+
+
+def _parse_value(text: str) -> Any:
+    try:
+        return yaml.safe_load(text) if text != "" else ""
+    except yaml.YAMLError:
+        return text
+
+
+def parse_overrides(overrides: list[str]) -> tuple[dict[str, Any], list[tuple[str, Any]]]:
+    """Split CLI overrides into group selections and dotted key assignments."""
+    picks: dict[str, Any] = {}
+    keys: list[tuple[str, Any]] = []
+    for item in overrides:
+        if "=" not in item:
+            raise UserError(f"override '{item}' is not of the form key=value (e.g. seed=3)")
+        key, text = item.split("=", 1)
+        key = key.strip().lstrip("+")
+        if not key:
+            raise UserError(f"override '{item}' has an empty key")
+        value = _parse_value(text)
+        if key in GROUPS and not isinstance(value, dict):
+            picks[key] = value
+        else:
+            keys.append((key, value))
+    return picks, keys
+
+
+def _strategy_names(value: Any) -> list[str]:
+    names = value if isinstance(value, list) else [value]
+    if not names or not all(isinstance(n, str) and n for n in names):
+        raise UserError(
+            f"strategy must be a name or a list of names, got {value!r}; "
+            f"valid choices: {', '.join(STRATEGIES)}"
+        )
+    for n in names:
+        if n not in STRATEGIES:
+            raise UserError(f"unknown strategy '{n}'; valid choices: {', '.join(STRATEGIES)}")
+    if len(set(names)) != len(names):
+        raise UserError(f"strategy lists '{names}' with a repeated name")
+    return names
+
+
+def compose(overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
+    """Compose the config tree for `overrides` (no validation beyond the schema)."""
+    base = _read_yaml(config_dir() / "config.yaml")
+    picks = dict(base.pop("defaults", {}) or {})
+    cli_picks, cli_keys = parse_overrides(list(overrides))
+    experiment = cli_picks.pop("experiment", picks.pop("experiment", None))
+    exp_values: dict = {}
+    if experiment:
+        exp_values = _group_file("experiment", str(experiment))
+        picks.update(exp_values.pop("defaults", {}) or {})
+    picks.update(cli_picks)
+
+    tree: dict[str, Any] = {**base}
+    for group in ("benchmark", "model", "optim"):
+        if group in picks:
+            tree[group] = {**tree.get(group, {}), **_group_file(group, str(picks[group]))}
+    names = _strategy_names(picks.get("strategy", "naive"))
+    tree["strategy"] = {n: _group_file("strategy", n) or {} for n in names}
+
+    schema = OmegaConf.structured(RunConfig)
+    try:
+        cfg = OmegaConf.merge(schema, tree, exp_values)
+        OmegaConf.set_struct(cfg, True)
+        for key, value in cli_keys:
+            _assign(cfg, key, value)
+    except OmegaConfBaseException as e:
+        raise UserError(_explain(e)) from None
+    return cfg
+
+
+def _assign(cfg: DictConfig, key: str, value: Any) -> None:
+    parent_key, _, leaf = key.rpartition(".")
+    parent = OmegaConf.select(cfg, parent_key) if parent_key else cfg
+    if parent_key.startswith("strategy") and isinstance(parent, DictConfig):
+        if parent_key == "strategy":
+            raise UserError(
+                f"unknown key '{key}': strategy options are set per strategy, "
+                f"e.g. strategy.{next(iter(cfg.strategy), 'replay')}.<option>=value"
+            )
+    if not isinstance(parent, DictConfig) or leaf not in parent:
+        valid = ", ".join(parent.keys()) if isinstance(parent, DictConfig) else "(none)"
+        raise UserError(f"unknown key '{key}'; valid keys here: {valid}")
+    if isinstance(value, list | dict):
+        value = OmegaConf.create(value)
+    OmegaConf.update(cfg, key, value, merge=False)
+
+
+def _explain(e: OmegaConfBaseException) -> str:
+    key = getattr(e, "full_key", None)
+    msg = str(e).splitlines()[0]
+    if "not in struct" in msg or "Key '" in msg and "not" in msg:
+        return f"unknown key '{key}': {msg}"
+    return f"invalid value for '{key}': {msg}" if key else msg
+
+
+def validate(cfg: DictConfig) -> RunConfig:
+    """Check values and combinations; returns the typed RunConfig or raises UserError."""
+    for key, choices in CHOICES.items():
+        value = OmegaConf.select(cfg, key)
+        if value not in choices:
+            raise UserError(f"{key}={value!r} is not valid; valid choices: {', '.join(choices)}")
+    b, m = cfg.benchmark, cfg.model
+    if b.name not in BENCHMARKS:
+        raise UserError(
+            f"unknown benchmark '{b.name}'; valid choices: {', '.join(BENCHMARKS)}"
+        )
+    _positive(cfg, "benchmark.n_tasks", "train.epochs", "train.batch_size", "eval.every",
+              "eval.subset", "eval.batch_size")
+    if not 0.0 < b.test_fraction < 1.0:
+        raise UserError(f"benchmark.test_fraction={b.test_fraction} must be in (0, 1)")
+    if cfg.optim.lr <= 0:
+        raise UserError(f"optim.lr={cfg.optim.lr} must be positive")
+    if b.incremental == "task" and b.scenario != "split":
+        raise UserError(
+            f"benchmark.incremental=task needs benchmark.scenario=split (got {b.scenario}): "
+            "permuted and rotated streams share all classes across tasks"
+        )
+    if b.angles is not None and len(b.angles) != b.n_tasks:
+        raise UserError(
+            f"benchmark.angles has {len(b.angles)} values but benchmark.n_tasks={b.n_tasks}"
+        )
+    if m.name in ("cnn", "resnet18") and b.source == "mnist1d":
+        raise UserError(
+            f"model={m.name} needs image inputs; benchmark.source=mnist1d is 1-D: use model=mlp"
+        )
+    if m.name == "resnet18" and b.scenario == "permuted":
+        raise UserError("model=resnet18 with a permuted stream destroys spatial structure; "
+                        "use model=mlp")
+    if any(h <= 0 for h in m.hidden):
+        raise UserError(f"model.hidden={list(m.hidden)} must be positive widths")
+    if not cfg.strategy:
+        raise UserError(f"strategy is empty; valid choices: {', '.join(STRATEGIES)}")
+    if not str(cfg.run.device).startswith(("auto", "cpu", "cuda")):
+        raise UserError(f"run.device={cfg.run.device!r}; valid choices: auto, cpu, cuda, cuda:N")
+    for name, args in cfg.strategy.items():
+        _check_strategy_args(name, args)
+    return OmegaConf.to_object(cfg)
+
+
+def _positive(cfg: DictConfig, *keys: str) -> None:
+    for key in keys:
+        if OmegaConf.select(cfg, key) <= 0:
+            raise UserError(f"{key}={OmegaConf.select(cfg, key)} must be a positive integer")
+
+
+def _check_strategy_args(name: str, args: Any) -> None:
+    defaults = _group_file("strategy", name) or {}
+    if not isinstance(args, DictConfig | dict):
+        raise UserError(f"strategy.{name} must be a mapping of options, got {args!r}")
+    for key, value in args.items():
+        if key not in defaults:
+            valid = ", ".join(defaults) or "(this strategy has no options)"
+            raise UserError(f"unknown key 'strategy.{name}.{key}'; valid keys: {valid}")
+        default = defaults[key]
+        if default is None or value is None:
+            continue
+        ok = isinstance(value, type(default)) or (
+            isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool)
+        )
+        if isinstance(default, int) and not isinstance(default, bool) and isinstance(value, bool):
+            ok = False
+        if not ok:
+            raise UserError(
+                f"strategy.{name}.{key}={value!r} has type {type(value).__name__}; "
+                f"expected {type(default).__name__}"
+            )
+
+
+def load(overrides: list[str] | tuple[str, ...] = ()) -> tuple[RunConfig, DictConfig]:
+    """Compose and validate; returns the typed config and its resolved tree."""
+    cfg = compose(overrides)
+    return validate(cfg), cfg
+
+
+def to_yaml(cfg: DictConfig) -> str:
+    return OmegaConf.to_yaml(cfg, resolve=True)
+
+
+def as_plain(cfg: DictConfig | ListConfig) -> Any:
+    return OmegaConf.to_container(cfg, resolve=True)

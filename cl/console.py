@@ -1,0 +1,59 @@
+"""Terminal output: a progress bar with live accuracy and the end-of-run summary table."""
+
+from __future__ import annotations
+
+import sys
+
+SUMMARY_KEYS = (
+    ("acc", "ACC (final average accuracy)"),
+    ("bwt", "BWT (backward transfer)"),
+    ("fwt", "FWT (forward transfer)"),
+    ("forgetting", "forgetting (max-based)"),
+    ("min_acc", "min-ACC (stability gap)"),
+    ("wc_acc", "WC-ACC (worst-case accuracy)"),
+    ("n_iterations", "training iterations"),
+    ("n_eval_rows", "evaluations logged"),
+    ("wall_time_s", "wall time (s)"),
+)
+
+
+class Progress:
+    """tqdm bar over training iterations showing the task and the seen-task accuracy."""
+
+    def __init__(self, enabled: bool):
+        self.bar = None
+        self.total = None
+        if enabled:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=0, unit="it", file=sys.stderr, dynamic_ncols=True,
+                            mininterval=0.25, leave=True)
+
+    def __call__(self, iteration: int, record) -> None:
+        if self.bar is None:
+            return
+        if self.total is not None and self.bar.total != self.total:
+            self.bar.total = self.total
+        self.bar.update(iteration - self.bar.n)
+        if self.bar.n % 25 == 0 and record.accs:
+            k = record.experience[-1]
+            seen = record.accs[-1][: k + 1]
+            self.bar.set_postfix_str(f"task {k} acc(seen) {sum(seen) / len(seen):.3f}",
+                                     refresh=False)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def summary_table(summary: dict, title: str = "") -> str:
+    lines = [title] if title else []
+    width = max(len(label) for _, label in SUMMARY_KEYS)
+    for key, label in SUMMARY_KEYS:
+        value = summary.get(key)
+        if value is None and key not in summary:
+            continue
+        text = "n/a" if value is None else (f"{value:.4f}" if isinstance(value, float)
+                                            else str(value))
+        lines.append(f"  {label:<{width}}  {text}")
+    return "\n".join(lines)

@@ -1,0 +1,47 @@
+"""What the runner hands to strategies: the current batch and the run context."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import torch
+
+if TYPE_CHECKING:
+    from cl.streams import Stream
+
+
+@dataclass
+class Batch:
+    """One training batch. The first `n_new` samples are the current task's data.
+
+    `weight` (optional) gives each sample's weight in the task loss, which is then
+    `sum(weight * CE)`; without it the task loss is the plain mean CE over the batch.
+    """
+
+    x: torch.Tensor
+    y: torch.Tensor
+    task: torch.Tensor  # experience index of each sample (task-aware masking, replay)
+    n_new: int
+    weight: torch.Tensor | None = None
+
+
+@dataclass
+class Context:
+    """The state of the run that strategies may read (and the model/optimizer they may act on)."""
+
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    stream: Stream
+    device: torch.device
+    experience: int = 0  # index of the experience being trained
+    iteration: int = 0  # global training iterations done so far
+    seen_classes: list[int] = field(default_factory=list)
+    class_mask: torch.Tensor | None = None  # (n_tasks, n_classes) in task-incremental streams
+    generator: torch.Generator | None = None  # the run's training RNG (sampling, shuffling)
+
+    def logits(self, output: torch.Tensor, task: torch.Tensor) -> torch.Tensor:
+        """Restrict logits to each sample's task classes when the stream is task-incremental."""
+        if self.class_mask is None:
+            return output
+        return output.masked_fill(~self.class_mask[task], float("-inf"))

@@ -1,0 +1,58 @@
+"""Continual evaluation: per-task accuracy and loss of the model from one batched forward pass."""
+
+from __future__ import annotations
+
+import torch
+from torch.nn import functional as F
+
+from cl.streams import Stream
+
+
+class Evaluator:
+    """Scores the model on the fixed evaluation subsets of the first `n` tasks.
+
+    The subsets of all tasks are concatenated once, in task order, so the seen tasks are a
+    prefix: one forward over that prefix (in chunks of `batch_size`, under `inference_mode`,
+    with the model in eval mode), then per-task sums by `index_add_`.
+    """
+
+    def __init__(self, stream: Stream, device: torch.device | str, batch_size: int = 4096):
+        exps = stream.experiences
+        self.x = torch.cat([e.eval_x for e in exps]).to(device)
+        self.y = torch.cat([e.eval_y for e in exps]).to(device)
+        self.task = torch.cat(
+            [torch.full((len(e.eval_y),), e.index, dtype=torch.long) for e in exps]
+        ).to(device)
+        sizes = torch.tensor([len(e.eval_y) for e in exps])
+        self.ends = sizes.cumsum(0).tolist()
+        self.sizes = sizes.to(device=device, dtype=torch.float32)
+        self.mask = stream.class_mask(device) if stream.task_incremental else None
+        self.batch_size = batch_size
+
+    @property
+    def n_tasks(self) -> int:
+        return len(self.ends)
+
+    def __call__(self, model: torch.nn.Module, n: int) -> tuple[list[float], list[float]]:
+        """Accuracy and mean cross-entropy on each of the first `n` tasks."""
+        end = self.ends[n - 1]
+        was_training = model.training
+        model.eval()
+        try:
+            with torch.inference_mode():
+                correct = torch.zeros(n, device=self.x.device)
+                loss = torch.zeros(n, device=self.x.device)
+                for start in range(0, end, self.batch_size):
+                    sl = slice(start, min(end, start + self.batch_size))
+                    out = model(self.x[sl])
+                    task = self.task[sl]
+                    if self.mask is not None:
+                        out = out.masked_fill(~self.mask[task], float("-inf"))
+                    ce = F.cross_entropy(out, self.y[sl], reduction="none")
+                    correct.index_add_(0, task, (out.argmax(1) == self.y[sl]).float())
+                    loss.index_add_(0, task, ce)
+                sizes = self.sizes[:n]
+                stats = torch.stack([correct / sizes, loss / sizes]).tolist()
+        finally:
+            model.train(was_training)
+        return stats[0], stats[1]

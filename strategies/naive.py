@@ -1,0 +1,9 @@
+"""Naive fine-tuning: train on each experience in turn with no protection against forgetting."""
+
+from strategies.base import Strategy
+
+
+class Naive(Strategy):
+    """The lower bound of every continual-learning comparison: plain SGD on the current task."""
+
+    name = "naive"

@@ -1,0 +1,73 @@
+"""Experience replay (ER).
+
+Chaudhry et al., "On Tiny Episodic Memories in Continual Learning" (2019, arXiv 1902.10486);
+loss weighting of De Lange, van de Ven & Tuytelaars, "Continual evaluation for lifelong
+learning: identifying the stability gap" (ICLR 2023), `src/methods/replay.py` of their code.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from cl.context import Batch, Context
+from strategies.base import Strategy
+from strategies.memory import ClassBalancedMemory, ReservoirMemory
+
+BUFFERS = ("class_balanced", "reservoir")
+
+
+class Replay(Strategy):
+    """Mix `mem_batch_size` replayed samples into every training batch.
+
+    Memory: `class_balanced` (equal share per seen class, updated after each experience, as
+    the stability-gap ER) or `reservoir` (uniform over all samples seen, updated every step).
+    Loss: with `new_weight=None` the plain mean CE over new and replayed samples together
+    (Avalanche's `ReplayPlugin`); with `new_weight=w`,
+    L = w * mean(CE_new) + (1 - w) * mean(CE_mem) (stability-gap ER; 0.3 on Split-MNIST).
+    While the memory is empty only the new samples count.
+    """
+
+    name = "replay"
+
+    def __init__(self, mem_size: int = 500, mem_batch_size: int | None = None,
+                 buffer: str = "class_balanced", new_weight: float | None = 0.3):
+        if buffer not in BUFFERS:
+            raise ValueError(f"replay buffer must be one of {BUFFERS}, got {buffer!r}")
+        if new_weight is not None and not 0.0 < new_weight <= 1.0:
+            raise ValueError(f"replay new_weight must be in (0, 1], got {new_weight}")
+        self.mem_batch_size = mem_batch_size
+        self.new_weight = new_weight
+        self.memory = (ClassBalancedMemory if buffer == "class_balanced" else ReservoirMemory)(
+            mem_size
+        )
+
+    def batch(self, ctx: Context, batch: Batch) -> Batch:
+        out = batch
+        if len(self.memory) > 0:
+            m = self.mem_batch_size or batch.n_new
+            mx, my, mt = self.memory.sample(m, ctx.generator)
+            weight = None
+            if self.new_weight is not None:
+                w = self.new_weight
+                weight = torch.cat([
+                    torch.full((batch.n_new,), w / batch.n_new, device=batch.y.device),
+                    torch.full((m,), (1.0 - w) / m, device=batch.y.device),
+                ])
+            out = Batch(torch.cat([batch.x, mx]), torch.cat([batch.y, my]),
+                        torch.cat([batch.task, mt]), batch.n_new, weight)
+        if isinstance(self.memory, ReservoirMemory):
+            self.memory.add(batch.x, batch.y, batch.task, ctx.generator)
+        return out
+
+    def after_experience(self, ctx: Context) -> None:
+        if isinstance(self.memory, ClassBalancedMemory):
+            e = ctx.stream.experiences[ctx.experience]
+            self.memory.update(e.x, e.y, torch.full_like(e.y, e.index), ctx.generator)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"memory": self.memory.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.memory.load_state_dict(state["memory"])
