@@ -19,8 +19,9 @@ def run_folder(cfg: RunConfig) -> Path:
     if cfg.run.name:
         folder = parent / cfg.run.name
         if (folder / "metrics.jsonl").exists():
-            raise UserError(f"run folder {folder} already holds a run; choose another run.name "
-                            "or run.dir")
+            raise UserError(
+                f"run folder {folder} already holds a run; choose another run.name or run.dir"
+            )
         return folder
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     base = f"{cfg.benchmark.name}-{'+'.join(cfg.strategy)}-s{cfg.seed}-{stamp}"
@@ -53,8 +54,10 @@ def execute(cfg: RunConfig, plain_config: dict, quiet: bool = False) -> Run:
     start = time.perf_counter()
     device = resolve_device(cfg.run.device)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"run.device={cfg.run.device} but no CUDA device is available; "
-                        "use run.device=cpu or auto")
+        raise UserError(
+            f"run.device={cfg.run.device} but no CUDA device is available; "
+            "use run.device=cpu or auto"
+        )
     b = cfg.benchmark
     data = load_source(b.source, cfg.data.root, cfg.data.download, b.test_fraction, b.split_seed)
     generator = seed_everything(cfg.seed)
@@ -64,14 +67,20 @@ def execute(cfg: RunConfig, plain_config: dict, quiet: bool = False) -> Run:
         strategies = strategy_mod.build(cfg.strategy)
     except (TypeError, ValueError) as e:
         raise UserError(f"strategy options: {e}") from None
-    ctx = Context(model=model, optimizer=make_optimizer(cfg, model), stream=stream,
-                  device=device, generator=generator,
-                  class_mask=stream.class_mask(device) if stream.task_incremental else None)
+    ctx = Context(
+        model=model,
+        optimizer=make_optimizer(cfg, model),
+        stream=stream,
+        device=device,
+        generator=generator,
+        class_mask=stream.class_mask(device) if stream.task_incremental else None,
+    )
 
     folder = run_folder(cfg)
     (folder / "plots").mkdir(parents=True, exist_ok=True)
-    (folder / "config.yaml").write_text(config_mod.to_yaml(config_mod.OmegaConf.create(
-        plain_config)))
+    (folder / "config.yaml").write_text(
+        config_mod.to_yaml(config_mod.OmegaConf.create(plain_config))
+    )
     write_json(folder / "environment.json", environment(cfg.seed, device))
     sinks: list = [LocalStore(folder)]
     if cfg.wandb.mode != "disabled":
@@ -81,8 +90,10 @@ def execute(cfg: RunConfig, plain_config: dict, quiet: bool = False) -> Run:
             sinks.append(WandbSink(cfg.wandb, folder, folder.name, plain_config))
         except Exception as e:  # noqa: BLE001
             sinks[0].close()
-            raise UserError(f"W&B could not start ({str(e).splitlines()[0]}); set "
-                            "wandb.mode=offline or wandb.mode=disabled") from None
+            raise UserError(
+                f"W&B could not start ({str(e).splitlines()[0]}); set "
+                "wandb.mode=offline or wandb.mode=disabled"
+            ) from None
 
     def log(row: dict) -> None:
         for s in sinks:
@@ -90,11 +101,16 @@ def execute(cfg: RunConfig, plain_config: dict, quiet: bool = False) -> Run:
 
     def checkpoint(ctx: Context, strats) -> None:
         if cfg.run.checkpoint:
-            torch.save({"model": ctx.model.state_dict(),
-                        "optimizer": ctx.optimizer.state_dict(),
-                        "strategies": [s.state_dict() for s in strats],
-                        "experience": ctx.experience, "iteration": ctx.iteration},
-                       folder / "checkpoint.pt")
+            torch.save(
+                {
+                    "model": ctx.model.state_dict(),
+                    "optimizer": ctx.optimizer.state_dict(),
+                    "strategies": [s.state_dict() for s in strats],
+                    "experience": ctx.experience,
+                    "iteration": ctx.iteration,
+                },
+                folder / "checkpoint.pt",
+            )
 
     progress = Progress(cfg.run.progress and not quiet)
     ok, record, failure = False, None, None
@@ -116,8 +132,12 @@ def execute(cfg: RunConfig, plain_config: dict, quiet: bool = False) -> Run:
         if rec_accs:
             A, exp = np.array(rec_accs, dtype=float), np.array(rec_exp)
             summary.update(summarize(A, exp, stream.n_tasks, A[0]))
-            np.savetxt(folder / "accuracy_matrix.csv", np.array(summary["accuracy_matrix"],
-                       dtype=float), delimiter=",", fmt="%.6f")
+            np.savetxt(
+                folder / "accuracy_matrix.csv",
+                np.array(summary["accuracy_matrix"], dtype=float),
+                delimiter=",",
+                fmt="%.6f",
+            )
         summary["n_iterations"] = record.iterations if record else ctx.iteration
         summary["n_eval_rows"] = len(rec_accs)
         summary["wall_time_s"] = round(time.perf_counter() - start, 3)
@@ -138,8 +158,7 @@ def execute(cfg: RunConfig, plain_config: dict, quiet: bool = False) -> Run:
 
 
 def _plots(plots, loaded: Run, folder: Path, sinks: list, title: str) -> None:
-    curves = plots.accuracy_curves(loaded.metrics, folder / "plots" / "accuracy_curves.png",
-                                   title)
+    curves = plots.accuracy_curves(loaded.metrics, folder / "plots" / "accuracy_curves.png", title)
     paths = [curves]
     if loaded.summary.get("accuracy_matrix"):
         R = np.array(loaded.summary["accuracy_matrix"], dtype=float)

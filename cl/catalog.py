@@ -30,8 +30,9 @@ SOURCES = {
 }
 
 MODELS = {
-    "mlp": Entry("multi-layer perceptron (model.hidden widths, activation, layer_norm)", "",
-                 "cl.models:MLP"),
+    "mlp": Entry(
+        "multi-layer perceptron (model.hidden widths, activation, layer_norm)", "", "cl.models:MLP"
+    ),
     "cnn": Entry("small CNN: two conv blocks and a linear head", "", "cl.models:SmallCNN"),
     "resnet18": Entry(
         "reduced ResNet-18 (20 base channels) of the GEM and stability-gap papers",
@@ -41,10 +42,10 @@ MODELS = {
 }
 
 STRATEGIES = {
-    "naive": Entry("fine-tuning on each task in turn (lower bound)", "",
-                   "strategies.naive:Naive"),
-    "joint": Entry("trains on the union of all tasks seen so far (upper bound)", "",
-                   "strategies.joint:Joint"),
+    "naive": Entry("fine-tuning on each task in turn (lower bound)", "", "strategies.naive:Naive"),
+    "joint": Entry(
+        "trains on the union of all tasks seen so far (upper bound)", "", "strategies.joint:Joint"
+    ),
     "replay": Entry(
         "experience replay with class-balanced or reservoir memory",
         "Chaudhry et al. 2019 (tiny episodic memories); De Lange et al., ICLR 2023 (weighting)",

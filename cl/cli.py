@@ -25,18 +25,31 @@ EPILOG = """examples:
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="cl", description="Continual-learning experiments with per-iteration evaluation.",
-        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+        prog="cl",
+        description="Continual-learning experiments with per-iteration evaluation.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--version", action="version", version=f"cl {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
-    r = sub.add_parser("run", help="run an experiment", epilog=EPILOG,
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
-    r.add_argument("--print-config", action="store_true",
-                   help="print the resolved config and exit without running")
+    r = sub.add_parser(
+        "run",
+        help="run an experiment",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    r.add_argument(
+        "--print-config",
+        action="store_true",
+        help="print the resolved config and exit without running",
+    )
     r.add_argument("-q", "--quiet", action="store_true", help="no progress bar or table")
-    r.add_argument("overrides", nargs="*", metavar="key=value",
-                   help="config overrides, e.g. strategy=replay benchmark.n_tasks=10 seed=3")
+    r.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="key=value",
+        help="config overrides, e.g. strategy=replay benchmark.n_tasks=10 seed=3",
+    )
     ls = sub.add_parser("list", help="list benchmarks, strategies, models or data sources")
     ls.add_argument("what", choices=["benchmarks", "strategies", "models", "sources"])
     return p
@@ -49,8 +62,11 @@ def _list(what: str) -> None:
         for name, text in catalog.SOURCES.items():
             print(f"{name:<16} {text}")
         return
-    table = {"benchmarks": catalog.BENCHMARKS, "strategies": catalog.STRATEGIES,
-             "models": catalog.MODELS}[what]
+    table = {
+        "benchmarks": catalog.BENCHMARKS,
+        "strategies": catalog.STRATEGIES,
+        "models": catalog.MODELS,
+    }[what]
     for name, entry in table.items():
         paper = f"  [{entry.paper}]" if entry.paper else ""
         print(f"{name:<16} {entry.description}{paper}")

@@ -252,11 +252,16 @@ def validate(cfg: DictConfig) -> RunConfig:
             raise UserError(f"{key}={value!r} is not valid; valid choices: {', '.join(choices)}")
     b, m = cfg.benchmark, cfg.model
     if b.name not in BENCHMARKS:
-        raise UserError(
-            f"unknown benchmark '{b.name}'; valid choices: {', '.join(BENCHMARKS)}"
-        )
-    _positive(cfg, "benchmark.n_tasks", "train.epochs", "train.batch_size", "eval.every",
-              "eval.subset", "eval.batch_size")
+        raise UserError(f"unknown benchmark '{b.name}'; valid choices: {', '.join(BENCHMARKS)}")
+    _positive(
+        cfg,
+        "benchmark.n_tasks",
+        "train.epochs",
+        "train.batch_size",
+        "eval.every",
+        "eval.subset",
+        "eval.batch_size",
+    )
     if not 0.0 < b.test_fraction < 1.0:
         raise UserError(f"benchmark.test_fraction={b.test_fraction} must be in (0, 1)")
     if cfg.optim.lr <= 0:
@@ -275,8 +280,9 @@ def validate(cfg: DictConfig) -> RunConfig:
             f"model={m.name} needs image inputs; benchmark.source=mnist1d is 1-D: use model=mlp"
         )
     if m.name == "resnet18" and b.scenario == "permuted":
-        raise UserError("model=resnet18 with a permuted stream destroys spatial structure; "
-                        "use model=mlp")
+        raise UserError(
+            "model=resnet18 with a permuted stream destroys spatial structure; use model=mlp"
+        )
     if any(h <= 0 for h in m.hidden):
         raise UserError(f"model.hidden={list(m.hidden)} must be positive widths")
     if not cfg.strategy:

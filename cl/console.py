@@ -26,8 +26,14 @@ class Progress:
         if enabled:
             from tqdm import tqdm
 
-            self.bar = tqdm(total=0, unit="it", file=sys.stderr, dynamic_ncols=True,
-                            mininterval=0.25, leave=True)
+            self.bar = tqdm(
+                total=0,
+                unit="it",
+                file=sys.stderr,
+                dynamic_ncols=True,
+                mininterval=0.25,
+                leave=True,
+            )
 
     def __call__(self, iteration: int, record) -> None:
         if self.bar is None:
@@ -38,8 +44,9 @@ class Progress:
         if self.bar.n % 25 == 0 and record.accs:
             k = record.experience[-1]
             seen = record.accs[-1][: k + 1]
-            self.bar.set_postfix_str(f"task {k} acc(seen) {sum(seen) / len(seen):.3f}",
-                                     refresh=False)
+            self.bar.set_postfix_str(
+                f"task {k} acc(seen) {sum(seen) / len(seen):.3f}", refresh=False
+            )
 
     def close(self) -> None:
         if self.bar is not None:
@@ -53,7 +60,8 @@ def summary_table(summary: dict, title: str = "") -> str:
         value = summary.get(key)
         if value is None and key not in summary:
             continue
-        text = "n/a" if value is None else (f"{value:.4f}" if isinstance(value, float)
-                                            else str(value))
+        text = (
+            "n/a" if value is None else (f"{value:.4f}" if isinstance(value, float) else str(value))
+        )
         lines.append(f"  {label:<{width}}  {text}")
     return "\n".join(lines)

@@ -99,10 +99,16 @@ def load_mnist1d() -> Dataset:
 
 
 TORCHVISION = {
-    "mnist": ("MNIST", "MNIST/raw/: train-images-idx3-ubyte, train-labels-idx1-ubyte, "
-                       "t10k-images-idx3-ubyte, t10k-labels-idx1-ubyte"),
-    "fashion_mnist": ("FashionMNIST", "FashionMNIST/raw/: train-images-idx3-ubyte, "
-                      "train-labels-idx1-ubyte, t10k-images-idx3-ubyte, t10k-labels-idx1-ubyte"),
+    "mnist": (
+        "MNIST",
+        "MNIST/raw/: train-images-idx3-ubyte, train-labels-idx1-ubyte, "
+        "t10k-images-idx3-ubyte, t10k-labels-idx1-ubyte",
+    ),
+    "fashion_mnist": (
+        "FashionMNIST",
+        "FashionMNIST/raw/: train-images-idx3-ubyte, "
+        "train-labels-idx1-ubyte, t10k-images-idx3-ubyte, t10k-labels-idx1-ubyte",
+    ),
     "cifar10": ("CIFAR10", "cifar-10-batches-py/ (the extracted cifar-10-python.tar.gz)"),
     "cifar100": ("CIFAR100", "cifar-100-python/ (the extracted cifar-100-python.tar.gz)"),
 }
@@ -134,8 +140,7 @@ def load_torchvision(source: str, root: str, download: bool) -> Dataset:
             f"downloaded ({e}). Put the files at {root_path}/{files}, or set data.root to the "
             f"folder that holds them."
         ) from None
-    return Dataset(*_tv_tensors(source, train), *_tv_tensors(source, test),
-                   len(train.classes))
+    return Dataset(*_tv_tensors(source, train), *_tv_tensors(source, test), len(train.classes))
 
 
 def _tv_tensors(source: str, ds) -> tuple[torch.Tensor, torch.Tensor]:
@@ -149,8 +154,13 @@ def _tv_tensors(source: str, ds) -> tuple[torch.Tensor, torch.Tensor]:
     return data[:, None].float() / 255.0, y
 
 
-def load_source(source: str, root: str = "data", download: bool = True,
-                test_fraction: float = 0.2, split_seed: int = 0) -> Dataset:
+def load_source(
+    source: str,
+    root: str = "data",
+    download: bool = True,
+    test_fraction: float = 0.2,
+    split_seed: int = 0,
+) -> Dataset:
     """Load `source` (a name of `cl.catalog.SOURCES`) as tensors on the CPU."""
     if source == "mnist5k":
         return load_mnist5k(test_fraction, split_seed)
@@ -163,8 +173,14 @@ def load_source(source: str, root: str = "data", download: bool = True,
     raise UserError(f"unknown data source '{source}'")
 
 
-def write_mnist_idx(root: str | Path, x_train: np.ndarray, y_train: np.ndarray,
-                    x_test: np.ndarray, y_test: np.ndarray, folder: str = "MNIST") -> Path:
+def write_mnist_idx(
+    root: str | Path,
+    x_train: np.ndarray,
+    y_train: np.ndarray,
+    x_test: np.ndarray,
+    y_test: np.ndarray,
+    folder: str = "MNIST",
+) -> Path:
     """Write uint8 images (N, 28, 28) and labels as torchvision's raw MNIST files under root."""
     raw = Path(root) / folder / "raw"
     raw.mkdir(parents=True, exist_ok=True)

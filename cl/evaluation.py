@@ -25,7 +25,7 @@ class Evaluator:
         ).to(device)
         sizes = torch.tensor([len(e.eval_y) for e in exps])
         self.ends = sizes.cumsum(0).tolist()
-        self.sizes = sizes.to(device=device, dtype=torch.float32)
+        self.sizes = sizes.to(device=device, dtype=torch.float64)
         self.mask = stream.class_mask(device) if stream.task_incremental else None
         self.batch_size = batch_size
 
@@ -40,8 +40,8 @@ class Evaluator:
         model.eval()
         try:
             with torch.inference_mode():
-                correct = torch.zeros(n, device=self.x.device)
-                loss = torch.zeros(n, device=self.x.device)
+                correct = torch.zeros(n, device=self.x.device, dtype=torch.float64)
+                loss = torch.zeros(n, device=self.x.device, dtype=torch.float64)
                 for start in range(0, end, self.batch_size):
                     sl = slice(start, min(end, start + self.batch_size))
                     out = model(self.x[sl])
@@ -49,8 +49,8 @@ class Evaluator:
                     if self.mask is not None:
                         out = out.masked_fill(~self.mask[task], float("-inf"))
                     ce = F.cross_entropy(out, self.y[sl], reduction="none")
-                    correct.index_add_(0, task, (out.argmax(1) == self.y[sl]).float())
-                    loss.index_add_(0, task, ce)
+                    correct.index_add_(0, task, (out.argmax(1) == self.y[sl]).double())
+                    loss.index_add_(0, task, ce.double())
                 sizes = self.sizes[:n]
                 stats = torch.stack([correct / sizes, loss / sizes]).tolist()
         finally:

@@ -26,8 +26,14 @@ ACTIVATIONS = {
 class MLP(nn.Module):
     """Fully connected network: flatten, [Linear, (LayerNorm), activation] * len(hidden), head."""
 
-    def __init__(self, in_dim: int, hidden: list[int], n_classes: int,
-                 activation: str = "relu", layer_norm: bool = False):
+    def __init__(
+        self,
+        in_dim: int,
+        hidden: list[int],
+        n_classes: int,
+        activation: str = "relu",
+        layer_norm: bool = False,
+    ):
         super().__init__()
         layers: list[nn.Module] = [nn.Flatten()]
         width = in_dim
@@ -50,8 +56,15 @@ class MLP(nn.Module):
 class SmallCNN(nn.Module):
     """Two conv blocks (conv 3x3, norm, activation, 2x2 max-pool), a hidden layer and a head."""
 
-    def __init__(self, in_shape: tuple[int, ...], channels: list[int], hidden: list[int],
-                 n_classes: int, activation: str = "relu", layer_norm: bool = False):
+    def __init__(
+        self,
+        in_shape: tuple[int, ...],
+        channels: list[int],
+        hidden: list[int],
+        n_classes: int,
+        activation: str = "relu",
+        layer_norm: bool = False,
+    ):
         super().__init__()
         act = ACTIVATIONS[activation]
         layers: list[nn.Module] = []
@@ -111,8 +124,9 @@ class ReducedResNet18(nn.Module):
     a one-group GroupNorm (layer norm over C, H, W).
     """
 
-    def __init__(self, in_shape: tuple[int, ...], n_classes: int, width: int = 20,
-                 layer_norm: bool = False):
+    def __init__(
+        self, in_shape: tuple[int, ...], n_classes: int, width: int = 20, layer_norm: bool = False
+    ):
         super().__init__()
         c = in_shape[0]
         self.conv1 = nn.Conv2d(c, width, 3, 1, 1, bias=False)
@@ -120,8 +134,10 @@ class ReducedResNet18(nn.Module):
         stages, in_planes = [], width
         for mult, stride in ((1, 1), (2, 2), (4, 2), (8, 2)):
             planes = width * mult
-            stages += [BasicBlock(in_planes, planes, stride, layer_norm),
-                       BasicBlock(planes, planes, 1, layer_norm)]
+            stages += [
+                BasicBlock(in_planes, planes, stride, layer_norm),
+                BasicBlock(planes, planes, 1, layer_norm),
+            ]
             in_planes = planes
         self.stages = nn.Sequential(*stages)
         self.head = nn.Linear(in_planes, n_classes)
@@ -137,10 +153,12 @@ class ReducedResNet18(nn.Module):
 
 def build_model(cfg: ModelConfig, input_shape: tuple[int, ...], n_classes: int) -> nn.Module:
     if cfg.name == "mlp":
-        return MLP(math.prod(input_shape), list(cfg.hidden), n_classes, cfg.activation,
-                   cfg.layer_norm)
+        return MLP(
+            math.prod(input_shape), list(cfg.hidden), n_classes, cfg.activation, cfg.layer_norm
+        )
     shape = input_shape if len(input_shape) == 3 else (1, *input_shape)
     if cfg.name == "cnn":
-        return SmallCNN(shape, list(cfg.channels), list(cfg.hidden), n_classes,
-                        cfg.activation, cfg.layer_norm)
+        return SmallCNN(
+            shape, list(cfg.channels), list(cfg.hidden), n_classes, cfg.activation, cfg.layer_norm
+        )
     return ReducedResNet18(shape, n_classes, cfg.width, cfg.layer_norm)

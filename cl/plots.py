@@ -1,4 +1,4 @@
-"""Plots of a run: per-task accuracy over iterations (the stability-gap picture), accuracy matrix."""
+"""Plots of a run: per-task accuracy over iterations (the stability-gap picture) and R."""
 
 from __future__ import annotations
 
@@ -26,8 +26,10 @@ def accuracy_curves(metrics, path: Path, title: str = "") -> Path:
     fig, ax = plt.subplots(figsize=(9, 4.5))
     it = metrics["iteration"].to_numpy()
     exp = metrics["experience"].to_numpy()
-    cols = sorted((c for c in metrics.columns if c.startswith("eval/acc/task_")),
-                  key=lambda c: int(c.rsplit("_", 1)[1]))
+    cols = sorted(
+        (c for c in metrics.columns if c.startswith("eval/acc/task_")),
+        key=lambda c: int(c.rsplit("_", 1)[1]),
+    )
     for col in cols:
         i = int(col.rsplit("_", 1)[1])
         starts = np.flatnonzero(exp >= i)
@@ -65,8 +67,15 @@ def accuracy_matrix(R: np.ndarray, path: Path) -> Path:
     for i in range(T):
         for j in range(T):
             if np.isfinite(R[i, j]) and T <= 20:
-                ax.text(j, i, f"{R[i, j]:.2f}", ha="center", va="center", fontsize=7,
-                        color="white" if R[i, j] < 0.6 else "black")
+                ax.text(
+                    j,
+                    i,
+                    f"{R[i, j]:.2f}",
+                    ha="center",
+                    va="center",
+                    fontsize=7,
+                    color="white" if R[i, j] < 0.6 else "black",
+                )
     ax.set_xlabel("evaluated task")
     ax.set_ylabel("after training task")
     ax.set_xticks(range(T))

@@ -36,8 +36,9 @@ def make_optimizer(cfg: RunConfig, model: torch.nn.Module) -> torch.optim.Optimi
     o = cfg.optim
     if o.name == "adam":
         return torch.optim.Adam(model.parameters(), lr=o.lr, weight_decay=o.weight_decay)
-    return torch.optim.SGD(model.parameters(), lr=o.lr, momentum=o.momentum,
-                           weight_decay=o.weight_decay)
+    return torch.optim.SGD(
+        model.parameters(), lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay
+    )
 
 
 def train_step(ctx: Context, strategies: list[Strategy], batch: Batch):
@@ -63,9 +64,14 @@ def train_step(ctx: Context, strategies: list[Strategy], batch: Batch):
     return loss.detach(), correct
 
 
-def run_stream(cfg: RunConfig, ctx: Context, strategies: list[Strategy],
-               log: Callable[[dict], None], progress=None,
-               on_experience_end: Callable | None = None) -> Record:
+def run_stream(
+    cfg: RunConfig,
+    ctx: Context,
+    strategies: list[Strategy],
+    log: Callable[[dict], None],
+    progress=None,
+    on_experience_end: Callable | None = None,
+) -> Record:
     """Train on every experience of `ctx.stream`; log one row per evaluation."""
     stream, bs, every = ctx.stream, cfg.train.batch_size, cfg.eval.every
     evaluator = Evaluator(stream, ctx.device, cfg.eval.batch_size)
@@ -109,7 +115,7 @@ def run_stream(cfg: RunConfig, ctx: Context, strategies: list[Strategy],
             x, y, task = s.train_data(ctx, x, y, task)
         n_batches = math.ceil(len(y) / bs)
         if progress is not None:
-            later = sum(math.ceil(len(e.y) / bs) for e in stream.experiences[exp.index + 1:])
+            later = sum(math.ceil(len(e.y) / bs) for e in stream.experiences[exp.index + 1 :])
             progress.total = ctx.iteration + cfg.train.epochs * (n_batches + later)
         for epoch in range(cfg.train.epochs):
             order = torch.randperm(len(y), generator=ctx.generator).to(y.device)

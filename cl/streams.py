@@ -135,5 +135,10 @@ def _rotated_tasks(cfg: BenchmarkConfig, data: Dataset):
         raise UserError(f"benchmark.scenario=rotated needs images; source '{cfg.source}' is 1-D")
     classes = list(range(data.n_classes))
     for angle in rotation_angles(cfg):
-        yield rotate(data.x_train, angle), data.y_train, rotate(data.x_test, angle), \
-            data.y_test, classes
+        yield (
+            rotate(data.x_train, angle),
+            data.y_train,
+            rotate(data.x_test, angle),
+            data.y_test,
+            classes,
+        )

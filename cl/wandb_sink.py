@@ -35,18 +35,28 @@ class WandbSink:
         self.wandb = wandb
         self.mode = cfg.mode
         kwargs = dict(
-            project=cfg.project, entity=cfg.entity, group=cfg.group, tags=list(cfg.tags),
-            name=name, dir=str(folder), config=config, reinit="create_new",
+            project=cfg.project,
+            entity=cfg.entity,
+            group=cfg.group,
+            tags=list(cfg.tags),
+            name=name,
+            dir=str(folder),
+            config=config,
+            reinit="create_new",
         )
         os.environ.setdefault("WANDB_SILENT", "true")
         try:
-            self.run = wandb.init(mode=cfg.mode, settings=_settings(wandb, cfg.init_timeout),
-                                  **kwargs)
+            self.run = wandb.init(
+                mode=cfg.mode, settings=_settings(wandb, cfg.init_timeout), **kwargs
+            )
         except Exception as e:  # noqa: BLE001 - any online failure means: go offline
             if cfg.mode != "online":
                 raise
-            print(f"warning: W&B online mode failed ({str(e).splitlines()[0]}); logging "
-                  "offline instead (sync later with `wandb sync`)", file=sys.stderr)
+            print(
+                f"warning: W&B online mode failed ({str(e).splitlines()[0]}); logging "
+                "offline instead (sync later with `wandb sync`)",
+                file=sys.stderr,
+            )
             self.mode = "offline"
             self.run = wandb.init(mode="offline", settings=_settings(wandb, 10), **kwargs)
         self.run.define_metric("iteration")

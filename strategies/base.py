@@ -25,8 +25,9 @@ class Strategy:
     def before_experience(self, ctx: Context) -> None:
         """Called at the start of each experience."""
 
-    def train_data(self, ctx: Context, x: torch.Tensor, y: torch.Tensor,
-                   task: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def train_data(
+        self, ctx: Context, x: torch.Tensor, y: torch.Tensor, task: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The tensors to train on during this experience (default: the experience's own)."""
         return x, y, task
 

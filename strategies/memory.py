@@ -40,13 +40,18 @@ class ClassBalancedMemory(Memory):
     `ClassBalancedBuffer(adaptive_size=True)`, used by the stability-gap paper's ER.
     """
 
-    def update(self, x: torch.Tensor, y: torch.Tensor, task: torch.Tensor,
-               generator: torch.Generator | None = None) -> None:
+    def update(
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        task: torch.Tensor,
+        generator: torch.Generator | None = None,
+    ) -> None:
         old = {} if self.y is None else {int(c): self.y == c for c in self.y.unique()}
         new_classes = [int(c) for c in y.unique() if int(c) not in old]
         per_class = self.max_size // max(1, len(old) + len(new_classes))
         parts = []
-        for c, mask in old.items():
+        for mask in old.values():
             idx = mask.nonzero().squeeze(1)[:per_class]
             parts.append((self.x[idx], self.y[idx], self.task[idx]))
         for c in new_classes:
@@ -66,8 +71,13 @@ class ReservoirMemory(Memory):
         super().__init__(max_size)
         self.n_seen = 0
 
-    def add(self, x: torch.Tensor, y: torch.Tensor, task: torch.Tensor,
-            generator: torch.Generator | None = None) -> None:
+    def add(
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        task: torch.Tensor,
+        generator: torch.Generator | None = None,
+    ) -> None:
         free = self.max_size - len(self)
         if free > 0:
             k = min(free, len(y))

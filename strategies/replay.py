@@ -31,8 +31,13 @@ class Replay(Strategy):
 
     name = "replay"
 
-    def __init__(self, mem_size: int = 500, mem_batch_size: int | None = None,
-                 buffer: str = "class_balanced", new_weight: float | None = 0.3):
+    def __init__(
+        self,
+        mem_size: int = 500,
+        mem_batch_size: int | None = None,
+        buffer: str = "class_balanced",
+        new_weight: float | None = 0.3,
+    ):
         if buffer not in BUFFERS:
             raise ValueError(f"replay buffer must be one of {BUFFERS}, got {buffer!r}")
         if new_weight is not None and not 0.0 < new_weight <= 1.0:
@@ -51,12 +56,19 @@ class Replay(Strategy):
             weight = None
             if self.new_weight is not None:
                 w = self.new_weight
-                weight = torch.cat([
-                    torch.full((batch.n_new,), w / batch.n_new, device=batch.y.device),
-                    torch.full((m,), (1.0 - w) / m, device=batch.y.device),
-                ])
-            out = Batch(torch.cat([batch.x, mx]), torch.cat([batch.y, my]),
-                        torch.cat([batch.task, mt]), batch.n_new, weight)
+                weight = torch.cat(
+                    [
+                        torch.full((batch.n_new,), w / batch.n_new, device=batch.y.device),
+                        torch.full((m,), (1.0 - w) / m, device=batch.y.device),
+                    ]
+                )
+            out = Batch(
+                torch.cat([batch.x, mx]),
+                torch.cat([batch.y, my]),
+                torch.cat([batch.task, mt]),
+                batch.n_new,
+                weight,
+            )
         if isinstance(self.memory, ReservoirMemory):
             self.memory.add(batch.x, batch.y, batch.task, ctx.generator)
         return out

@@ -1,0 +1,141 @@
+"""Config composition, validation errors and the CLI's exit codes and messages."""
+
+import subprocess
+import sys
+
+import pytest
+
+from cl import config
+from cl.cli import main
+from cl.errors import UserError
+
+
+def cl(*args, **kw):
+    return subprocess.run(
+        [sys.executable, "-m", "cl", *args], capture_output=True, text=True, timeout=120, **kw
+    )
+
+
+def test_defaults_are_the_documented_experiment():
+    cfg, _ = config.load([])
+    assert cfg.benchmark.name == "split_mnist" and cfg.benchmark.source == "mnist5k"
+    assert cfg.benchmark.n_tasks == 5 and cfg.benchmark.incremental == "class"
+    assert cfg.model.name == "mlp" and list(cfg.strategy) == ["replay"]
+    assert cfg.eval.every == 1 and cfg.wandb.mode == "offline"
+
+
+def test_group_and_key_overrides():
+    cfg, _ = config.load(
+        [
+            "strategy=[replay,naive]",
+            "benchmark=permuted_mnist",
+            "benchmark.n_tasks=10",
+            "seed=3",
+            "strategy.replay.mem_size=64",
+            "model.hidden=[100,100]",
+            "optim.lr=0.1",
+            "run.dir=/tmp/x",
+        ]
+    )
+    assert list(cfg.strategy) == ["replay", "naive"]
+    assert cfg.strategy["replay"]["mem_size"] == 64
+    assert cfg.benchmark.scenario == "permuted" and cfg.benchmark.n_tasks == 10
+    assert cfg.seed == 3 and cfg.model.hidden == [100, 100] and cfg.optim.lr == 0.1
+
+
+def test_every_strategy_yaml_matches_its_constructor():
+    import inspect
+
+    import strategies
+    from cl.catalog import STRATEGIES
+
+    for name in STRATEGIES:
+        (s,) = strategies.build({name: {}})
+        params = {
+            k: p.default
+            for k, p in inspect.signature(type(s).__init__).parameters.items()
+            if k != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+        }
+        assert config._group_file("strategy", name) == params, name
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        (["strategy=nope"], "unknown strategy 'nope'; valid choices: naive, joint, replay"),
+        (["benchmark=nope"], "unknown benchmark 'nope'; valid choices:"),
+        (["train.epoch=3"], "unknown key 'train.epoch'"),
+        (["strategy.replay.memsize=3"], "unknown key 'strategy.replay.memsize'"),
+        (["train.epochs=three"], "train.epochs"),
+        (["strategy.replay.mem_size=big"], "strategy.replay.mem_size='big' has type str"),
+        (["model.name=transformer"], "model.name='transformer' is not valid"),
+        (
+            ["benchmark=permuted_mnist", "benchmark.incremental=task"],
+            "needs benchmark.scenario=split",
+        ),
+        (["benchmark.source=mnist1d", "model=cnn"], "needs image inputs"),
+        (["eval.every=0"], "eval.every=0 must be a positive integer"),
+        (["seed"], "not of the form key=value"),
+    ],
+)
+def test_validation_errors_name_the_key(override, message):
+    with pytest.raises(UserError, match=None) as err:
+        config.load(override)
+    assert message in str(err.value)
+
+
+def test_print_config_resolves_without_running(tmp_path):
+    r = cl("run", "--print-config", "benchmark.n_tasks=2", f"run.dir={tmp_path}")
+    assert r.returncode == 0, r.stderr
+    assert "n_tasks: 2" in r.stdout and "strategy:\n  replay:" in r.stdout
+    assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["run", "strategy=nope"],
+        ["run", "train.nope=1"],
+        ["run", "train.batch_size=abc"],
+        ["run", "benchmark=split_cifar10", "data.download=false", "wandb.mode=disabled"],
+    ],
+)
+def test_cli_user_errors_exit_2_with_one_line(args, tmp_path):
+    r = cl(*args, f"run.dir={tmp_path}", cwd=tmp_path)
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.startswith("error: ") and r.stderr.count("\n") == 1, r.stderr
+    assert "Traceback" not in r.stderr and r.stdout == ""
+    assert not (tmp_path / "runs").exists() and not any(tmp_path.glob("*/metrics.jsonl"))
+
+
+def test_absent_dataset_offline_message_says_where_to_put_files(tmp_path):
+    r = cl(
+        "run",
+        "benchmark=split_mnist",
+        "benchmark.source=mnist",
+        f"data.root={tmp_path}",
+        "data.download=false",
+        "wandb.mode=disabled",
+        f"run.dir={tmp_path}",
+    )
+    assert r.returncode == 2
+    assert f"{tmp_path}/MNIST/raw/: train-images-idx3-ubyte" in r.stderr
+
+
+def test_list_and_version_do_not_import_torch():
+    code = (
+        "import sys; from cl.cli import main; main(['list', 'strategies']); "
+        "main(['list', 'benchmarks']); main(['list', 'models']); "
+        "assert 'torch' not in sys.modules, 'torch imported'"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert "replay" in r.stdout and "split_mnist" in r.stdout and "resnet18" in r.stdout
+    r = cl("--version")
+    assert r.returncode == 0 and r.stdout.startswith("cl ")
+
+
+def test_help_lists_examples(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    assert "cl run strategy=[replay,naive]" in capsys.readouterr().out
