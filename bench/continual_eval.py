@@ -1,28 +1,41 @@
 """Continual-evaluation overhead: the cl runner vs a bare PyTorch loop vs stock Avalanche.
 
-All arms run the same workload: Split-MNIST on the embedded mnist5k digits (5 tasks of 2
+Every arm runs the same workload: Split-MNIST on the embedded mnist5k digits (5 tasks of 2
 classes, class-incremental, class order 0..9), an MLP 784-400-400-10 (ReLU), SGD (lr 0.01,
-momentum 0), batch 32, one epoch per task, and an evaluation of the seen tasks on their fixed
-evaluation subsets (200 test digits per task here) after every training iteration.
+momentum 0), batch 32, one epoch per task (125 iterations), and an evaluation on the fixed
+evaluation subsets (200 test digits per task with mnist5k) after every training iteration.
 
-Arms (each timed on the training + evaluation loop only; data and model are built first):
+Arms, each timed on its training + evaluation loop only (data and model are built first):
 
-* ``cl``        - ``cl.runner.run_stream`` with a ``cl.store.LocalStore`` sink in a temp folder,
-                  assembled from cl's own pieces as ``cl.api.execute`` does.
-* ``bare``      - a plain PyTorch loop on the same tensors, the same initial weights and the same
-                  shuffling generator; after every iteration one ``inference_mode`` forward over
-                  the seen tasks' evaluation tensors, per-task accuracy by segment sums. Like cl,
-                  it also evaluates all tasks before training and at each experience's end.
-* ``avalanche`` - ``avalanche.training.Naive`` over ``nc_benchmark`` built from the same
-                  tensors, ``eval_every=1, peval_mode="iteration"``, evaluating the seen tasks'
-                  test experiences (``test_stream[:k+1]``), i.e. the same evaluation workload.
-* ``avalanche-stock`` - the same, but with ``eval_streams=[test_stream]`` (all five tasks every
-                  time), the way Avalanche's docs set up periodic evaluation.
+* ``cl``: ``cl.runner.run_stream`` writing to a ``cl.store.LocalStore`` in a temp folder,
+  assembled from cl's own pieces as ``cl.api.execute`` does. It evaluates the seen tasks
+  after every iteration, and all tasks before training and at the end of each experience.
+* ``bare``: a plain PyTorch loop with the same tensors (taken from the cl stream), the same
+  initial weights and the same shuffling generator, so it trains the identical model. After
+  every iteration: one ``inference_mode`` forward over the seen tasks' evaluation tensors, then
+  per-task accuracy by segment sums. The same evaluations as cl (initial + experience ends too).
+* ``avalanche-stock``: ``avalanche.training.Naive`` over ``nc_benchmark`` of the same tensors,
+  ``eval_every=1, peval_mode="iteration"``, trained with
+  ``strategy.train(exp, eval_streams=[benchmark.test_stream])``: every evaluation scores all
+  five test experiences (Avalanche also evaluates before each ``train`` call and twice at each
+  experience's last iteration).
+* ``avalanche-seen``: the same, with ``eval_streams=[test_stream[:k + 1]]``: only the seen
+  tasks, i.e. about the evaluation workload of cl and bare.
 
-After a warm-up (every arm once on the first experience, plus one end-to-end run) the arms run
-interleaved ``--repeats`` times; the table reports medians. ``cl.run(...)`` end to end (data
-loading, run folder, checkpoint, plots) is timed too, as context. ``--profile`` adds a cProfile
-of one ``run_stream`` call.
+Avalanche's evaluator is its ``default_evaluator`` (``--avalanche-evaluator default``, the
+default, as stock Avalanche: accuracy and loss metrics, an interactive logger whose output is
+sent to a string buffer) or ``EvaluationPlugin(accuracy_metrics(experience=True, stream=True),
+loggers=[])`` (``--avalanche-evaluator quiet``: computes less, which favours Avalanche).
+
+Method: a warm-up (cl, bare and Avalanche on the first experience, one ``cl.run``), then
+``--repeats`` rounds; each round runs every arm once after a ``gc.collect()``: cl and bare back
+to back (which goes first alternates), then the Avalanche arms. The table reports medians, and
+best-of; the cl/bare ratio also as the median of the per-round ratios, the steadiest of the
+three on a machine whose speed drifts (on a shared 2-core VM, runs of one arm vary by 30%+, so
+use ``--repeats 9`` or more before reading much into a few percent).
+``cl.run(...)`` end to end (data loading, run folder, checkpoint, plots; W&B disabled) is timed
+once a round as context. ``--profile`` appends a cProfile of one ``run_stream`` call.
+Results also go to ``bench/out/continual_eval.json``.
 
 Run: ``.venv/bin/python bench/continual_eval.py [--repeats N] [--profile]`` or ``make bench``.
 """
@@ -30,7 +43,9 @@ Run: ``.venv/bin/python bench/continual_eval.py [--repeats N] [--profile]`` or `
 from __future__ import annotations
 
 import argparse
+import contextlib
 import cProfile
+import gc
 import io
 import json
 import math
@@ -82,8 +97,11 @@ OVERRIDES = [
     "run.progress=false",
     "seed=0",
 ]
-ARMS = ("cl", "bare", "avalanche", "avalanche-stock")
+CL_TARGET = 1.15  # cl loop / bare loop, at most
+AVALANCHE_TARGET = 10.0  # Avalanche / cl loop, at least
 DEFAULT_OUT = Path(__file__).resolve().parent / "out" / "continual_eval.json"
+
+Arm = Callable[[Path], "ArmResult"]  # one timed run; the argument is a scratch folder
 
 
 @dataclass
@@ -93,7 +111,7 @@ class ArmResult:
     wall_s: float
     iterations: int
     evals: int  # evaluation passes (each over one or more tasks)
-    eval_samples: int  # evaluation forwards, in samples, summed over all passes
+    eval_samples: int  # samples forwarded for evaluation, summed over all passes
     final_accs: list[float] = field(default_factory=list)  # per task, after the last task
 
 
@@ -109,16 +127,13 @@ def truncated(stream: Stream, n: int) -> Stream:
 
 
 def make_mlp(seed: int, in_dim: int, hidden: list[int], n_classes: int) -> nn.Sequential:
-    """A plain MLP; seeded like cl's run, it gets the weights of cl's `MLP` (same init order)."""
+    """A plain MLP; seeded like a cl run, it gets the weights of cl's `MLP` (same init order)."""
     torch.manual_seed(seed)
     layers: list[nn.Module] = [nn.Flatten()]
     for h in hidden:
         layers += [nn.Linear(in_dim, h), nn.ReLU()]
         in_dim = h
     return nn.Sequential(*layers, nn.Linear(in_dim, n_classes))
-
-
-# --------------------------------------------------------------------------------------- cl
 
 
 def run_cl(
@@ -128,7 +143,6 @@ def run_cl(
     device = torch.device("cpu")
     generator = seed_everything(cfg.seed)
     model = build_model(cfg.model, stream.input_shape, stream.n_classes).to(device)
-    strategies = strategy_mod.build(cfg.strategy)
     ctx = Context(
         model=model,
         optimizer=make_optimizer(cfg, model),
@@ -137,6 +151,7 @@ def run_cl(
         generator=generator,
         class_mask=stream.class_mask(device) if stream.task_incremental else None,
     )
+    strategies = strategy_mod.build(cfg.strategy)
     folder.mkdir(parents=True, exist_ok=True)
     store = LocalStore(folder)
     try:
@@ -151,22 +166,18 @@ def run_cl(
         store.close()
     sizes = [len(e.eval_y) for e in stream.experiences]
     samples = sum(
-        s for row in record.accs for s, a in zip(sizes, row, strict=True) if not math.isnan(a)
+        size for row in record.accs for size, a in zip(sizes, row, strict=True) if not math.isnan(a)
     )
     return ArmResult(wall, record.iterations, len(record.accs), samples, record.accs[-1])
-
-
-# ------------------------------------------------------------------------------------- bare
 
 
 def run_bare(cfg: RunConfig, stream: Stream) -> ArmResult:
     """The same training and evaluation forwards in a plain PyTorch loop."""
     exps = stream.experiences
-    model = make_mlp(
-        cfg.seed, math.prod(stream.input_shape), list(cfg.model.hidden), stream.n_classes
-    )
+    in_dim = math.prod(stream.input_shape)
+    model = make_mlp(cfg.seed, in_dim, list(cfg.model.hidden), stream.n_classes)
     opt = torch.optim.SGD(model.parameters(), lr=cfg.optim.lr, momentum=cfg.optim.momentum)
-    generator = torch.Generator().manual_seed(cfg.seed)  # the order cl's runner draws
+    generator = torch.Generator().manual_seed(cfg.seed)  # the shuffling cl's runner draws
     bs = cfg.train.batch_size
     eval_x = torch.cat([e.eval_x for e in exps])
     eval_y = torch.cat([e.eval_y for e in exps])
@@ -174,9 +185,9 @@ def run_bare(cfg: RunConfig, stream: Stream) -> ArmResult:
     sizes = torch.tensor([len(e.eval_y) for e in exps], dtype=torch.float32)
     ends = sizes.long().cumsum(0).tolist()
     accs: list[list[float]] = []
-    samples = 0
+    samples = iterations = 0
 
-    def evaluate(n: int) -> None:
+    def evaluate(n: int) -> None:  # accuracy on the first n tasks
         nonlocal samples
         end = ends[n - 1]
         model.eval()
@@ -187,7 +198,6 @@ def run_bare(cfg: RunConfig, stream: Stream) -> ArmResult:
         model.train()
         samples += end
 
-    iterations = 0
     start = time.perf_counter()
     evaluate(len(exps))
     for exp in exps:
@@ -204,11 +214,8 @@ def run_bare(cfg: RunConfig, stream: Stream) -> ArmResult:
     return ArmResult(wall, iterations, len(accs), samples, accs[-1])
 
 
-# -------------------------------------------------------------------------------- avalanche
-
-
 class AvalancheArm:
-    """Stock Avalanche Naive over an `nc_benchmark` of the stream's tensors."""
+    """Avalanche's Naive strategy over an `nc_benchmark` of the stream's tensors."""
 
     def __init__(self, cfg: RunConfig, stream: Stream, all_tasks: bool, evaluator: str):
         from avalanche.benchmarks import nc_benchmark
@@ -219,23 +226,40 @@ class AvalancheArm:
         test = TensorDataset(
             torch.cat([e.eval_x for e in exps]), torch.cat([e.eval_y for e in exps])
         )
-        classes = [c for e in exps for c in e.classes]
         self.benchmark = nc_benchmark(
-            train, test, n_experiences=len(exps), task_labels=False, fixed_class_order=classes
+            train,
+            test,
+            n_experiences=len(exps),
+            task_labels=False,
+            fixed_class_order=[c for e in exps for c in e.classes],
         )
         self.cfg, self.stream = cfg, stream
         self.all_tasks, self.evaluator = all_tasks, evaluator
 
+    def _evaluator(self):
+        from avalanche.evaluation.metrics import accuracy_metrics
+        from avalanche.training.plugins import EvaluationPlugin
+
+        if self.evaluator == "default":  # default_evaluator(), with a logger made here so that
+            # it writes to the redirected stdout (the module-level one holds the real stdout)
+            from avalanche.evaluation.metrics import loss_metrics
+            from avalanche.logging import InteractiveLogger
+
+            metrics = dict(minibatch=False, epoch=True, experience=True, stream=True)
+            return EvaluationPlugin(
+                accuracy_metrics(**metrics), loss_metrics(**metrics), loggers=[InteractiveLogger()]
+            )
+        with warnings.catch_warnings():  # "No loggers specified": on purpose
+            warnings.simplefilter("ignore", UserWarning)
+            return EvaluationPlugin(accuracy_metrics(experience=True, stream=True), loggers=[])
+
     def __call__(self, folder: Path | None = None) -> ArmResult:
         """Train and evaluate a fresh model (`folder` is unused: nothing is written)."""
         from avalanche.core import SupervisedPlugin
-        from avalanche.evaluation.metrics import accuracy_metrics
         from avalanche.training import Naive
-        from avalanche.training.plugins import EvaluationPlugin
-        from avalanche.training.plugins.evaluation import default_evaluator
 
         class Count(SupervisedPlugin):
-            """Counts evaluation passes and evaluated samples (a few calls per pass)."""
+            """Counts evaluation passes and samples (a few calls per pass: negligible)."""
 
             def __init__(self) -> None:
                 super().__init__()
@@ -251,53 +275,39 @@ class AvalancheArm:
                 self.iterations += strategy.clock.train_exp_iterations
 
         cfg, bench, count = self.cfg, self.benchmark, Count()
-        model = make_mlp(
-            cfg.seed,
-            math.prod(self.stream.input_shape),
-            list(cfg.model.hidden),
-            self.stream.n_classes,
-        )
-        if self.evaluator == "default":
-            evaluator = default_evaluator()
-        else:
-            with warnings.catch_warnings():  # "No loggers specified": on purpose
-                warnings.simplefilter("ignore", UserWarning)
-                evaluator = EvaluationPlugin(
-                    accuracy_metrics(experience=True, stream=True), loggers=[]
-                )
-        strategy = Naive(
-            model=model,
-            optimizer=torch.optim.SGD(
-                model.parameters(), lr=cfg.optim.lr, momentum=cfg.optim.momentum
-            ),
-            criterion=nn.CrossEntropyLoss(),
-            train_mb_size=cfg.train.batch_size,
-            train_epochs=cfg.train.epochs,
-            eval_mb_size=cfg.train.batch_size,
-            device="cpu",
-            evaluator=evaluator,
-            eval_every=1,
-            peval_mode="iteration",
-            plugins=[count],
-        )
-        start = time.perf_counter()
-        for k, exp in enumerate(bench.train_stream):
-            seen = bench.test_stream if self.all_tasks else bench.test_stream[: k + 1]
-            strategy.train(exp, eval_streams=[seen])
+        in_dim = math.prod(self.stream.input_shape)
+        model = make_mlp(cfg.seed, in_dim, list(cfg.model.hidden), self.stream.n_classes)
+        sink = io.StringIO()  # Avalanche's console output, kept off the terminal
+        with contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
+            evaluator = self._evaluator()
+            strategy = Naive(
+                model=model,
+                optimizer=torch.optim.SGD(
+                    model.parameters(), lr=cfg.optim.lr, momentum=cfg.optim.momentum
+                ),
+                criterion=nn.CrossEntropyLoss(),
+                train_mb_size=cfg.train.batch_size,
+                train_epochs=cfg.train.epochs,
+                eval_mb_size=cfg.train.batch_size,
+                device="cpu",
+                evaluator=evaluator,
+                eval_every=1,
+                peval_mode="iteration",
+                plugins=[count],
+            )
+            start = time.perf_counter()
+            for k, exp in enumerate(bench.train_stream):
+                scored = bench.test_stream if self.all_tasks else bench.test_stream[: k + 1]
+                strategy.train(exp, eval_streams=[scored])
         wall = time.perf_counter() - start
         last = evaluator.get_last_metrics()
-        accs = [
-            last.get(f"Top1_Acc_Exp/eval_phase/test_stream/Task000/Exp{i:03d}", math.nan)
-            for i in range(len(self.stream.experiences))
-        ]
+        key = "Top1_Acc_Exp/eval_phase/test_stream/Task000/Exp{:03d}"
+        accs = [last.get(key.format(i), math.nan) for i in range(len(self.stream.experiences))]
         return ArmResult(wall, count.iterations, count.evals, count.samples, accs)
 
 
-# ------------------------------------------------------------------------------- end to end
-
-
 def run_end_to_end(parent: Path) -> float:
-    """Wall time of `cl.run(...)` (data load, run folder, runner, checkpoint, plots)."""
+    """Wall time of `cl.run(...)`: data load, run folder, runner, checkpoint, plots."""
     import cl
 
     start = time.perf_counter()
@@ -305,77 +315,124 @@ def run_end_to_end(parent: Path) -> float:
     return time.perf_counter() - start
 
 
-# ------------------------------------------------------------------------------------- main
-
-
 def profile_cl(cfg: RunConfig, stream: Stream, folder: Path, top: int = 25) -> str:
-    """cProfile of one `run_stream` call; the `top` entries by cumulative and own time."""
+    """cProfile of one `run_stream` call: the `top` entries by cumulative and by own time."""
     prof = cProfile.Profile()
     result = run_cl(cfg, stream, folder, prof)
     out = io.StringIO()
-    out.write(f"cProfile of run_stream (wall under the profiler {result.wall_s:.3f} s)\n")
+    out.write(f"cProfile of run_stream ({result.wall_s:.3f} s under the profiler)\n")
     for key in ("cumulative", "tottime"):
         pstats.Stats(prof, stream=out).strip_dirs().sort_stats(key).print_stats(top)
     return out.getvalue()
 
 
-def median(results: list[ArmResult]) -> float:
-    return statistics.median(r.wall_s for r in results)
+class CpuShares:
+    """CPU time shares between two /proc/stat samples (Linux; empty elsewhere).
+
+    `busy`: share of all CPUs running anything; `steal`: share taken by the hypervisor from
+    this virtual machine, a sign of noisy neighbours that slows every arm unpredictably.
+    """
+
+    def __init__(self) -> None:
+        self.start = self._ticks()
+
+    @staticmethod
+    def _ticks() -> list[int] | None:
+        try:
+            with open("/proc/stat") as f:
+                return [int(v) for v in f.readline().split()[1:9]]
+        except (OSError, ValueError):
+            return None
+
+    def shares(self) -> dict[str, float]:
+        end = self._ticks()
+        if self.start is None or end is None or len(end) < 8:
+            return {}
+        d = [e - s for s, e in zip(self.start, end, strict=True)]
+        total = max(sum(d), 1)
+        return {"busy": (total - d[3] - d[4]) / total, "steal": d[7] / total}
+
+
+def _median(runs: list[ArmResult]) -> float:
+    return statistics.median(r.wall_s for r in runs)
+
+
+def _best(runs: list[ArmResult]) -> float:
+    return min(r.wall_s for r in runs)
 
 
 def report(results: dict[str, list[ArmResult]], e2e: list[float]) -> str:
-    """The table of medians and the ratios."""
-    bare = median(results["bare"])
+    """The table (medians, best-of, workload counts) and the ratios against the targets."""
+    bare, bare_best = _median(results["bare"]), _best(results["bare"])
     lines = [
-        f"{'arm':<16}{'median s':>10}{'vs bare':>9}{'iters':>7}{'evals':>7}"
-        f"{'eval samples':>14}{'final avg acc':>15}  runs (s)"
+        f"{'arm':<16}{'median s':>9}{'vs bare':>9}{'best s':>8}{'vs bare':>9}{'iters':>7}"
+        f"{'evals':>7}{'eval samples':>14}{'final acc':>11}  all runs (s)"
     ]
     for arm, runs in results.items():
         r = runs[0]
         acc = statistics.fmean(a for a in r.final_accs if not math.isnan(a))
         walls = " ".join(f"{x.wall_s:.3f}" for x in runs)
         lines.append(
-            f"{arm:<16}{median(runs):>10.3f}{median(runs) / bare:>8.2f}x{r.iterations:>7}"
-            f"{r.evals:>7}{r.eval_samples:>14}{acc:>15.4f}  {walls}"
+            f"{arm:<16}{_median(runs):>9.3f}{_median(runs) / bare:>8.2f}x"
+            f"{_best(runs):>8.3f}{_best(runs) / bare_best:>8.2f}x{r.iterations:>7}{r.evals:>7}"
+            f"{r.eval_samples:>14}{acc:>11.4f}  {walls}"
         )
-    cl_s = median(results["cl"])
-    lines.append("")
-    lines.append(f"cl runner loop / bare loop: {cl_s / bare:.3f}x   (target <= 1.15x)")
-    for arm in ("avalanche", "avalanche-stock"):
+    cl_runs = results["cl"]
+    cl_s = _median(cl_runs)
+    ratio = cl_s / bare
+    paired = statistics.median(
+        c.wall_s / b.wall_s for c, b in zip(cl_runs, results["bare"], strict=True)
+    )
+    met = "met" if ratio <= CL_TARGET else "MISSED"
+    lines += [
+        "",
+        f"cl runner loop / bare loop: {ratio:.3f}x (median), {_best(cl_runs) / bare_best:.3f}x "
+        f"(best-of), {paired:.3f}x (median of per-round ratios); target <= {CL_TARGET}x: {met}",
+    ]
+    for arm, what in (
+        ("avalanche-stock", "stock Avalanche (eval_streams=[test_stream])"),
+        ("avalanche-seen", "Avalanche evaluating only the seen tasks (same workload)"),
+    ):
         if arm in results:
-            lines.append(
-                f"cl is {median(results[arm]) / cl_s:.1f}x faster than {arm} (target >= 10x)"
-            )
+            speedup = _median(results[arm]) / cl_s
+            if arm == "avalanche-stock":  # the issue's target is set against stock Avalanche
+                met = "met" if speedup >= AVALANCHE_TARGET else "MISSED"
+                verdict = f"target >= {AVALANCHE_TARGET:g}x: {met}"
+            else:
+                verdict = "for reference (no target)"
+            lines.append(f"cl is {speedup:.1f}x faster than {what}; {verdict}")
     if e2e:
         lines.append(
-            f"cl.run(...) end to end (data, folder, checkpoint, plots): median "
-            f"{statistics.median(e2e):.3f} s  runs: " + " ".join(f"{x:.3f}" for x in e2e)
+            f"cl.run(...) end to end (data, run folder, checkpoint, plots): median "
+            f"{statistics.median(e2e):.3f} s; runs: " + " ".join(f"{x:.3f}" for x in e2e)
         )
-    cl_acc, bare_acc = results["cl"][0].final_accs, results["bare"][0].final_accs
-    diff = max(abs(a - b) for a, b in zip(cl_acc, bare_acc, strict=True))
-    lines.append(f"final per-task accuracy, max |cl - bare|: {diff:.2e} (same weights, same order)")
+    diff = max(
+        abs(a - b)
+        for a, b in zip(cl_runs[0].final_accs, results["bare"][0].final_accs, strict=True)
+    )
+    lines.append(f"final per-task accuracy, max |cl - bare| = {diff:.1e} (the same training)")
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=3, help="interleaved timed repeats")
+    parser.add_argument("--repeats", type=int, default=3, help="timed rounds (default 3)")
     parser.add_argument(
         "--avalanche-evaluator",
         choices=("quiet", "default"),
-        default="quiet",
-        help="quiet: EvaluationPlugin(accuracy_metrics(experience, stream), "
-        "loggers=[]); default: Avalanche's default_evaluator (prints)",
+        default="default",
+        help="quiet: EvaluationPlugin(accuracy_metrics(experience=True, stream=True), "
+        "loggers=[]); default: Avalanche's default_evaluator (prints progress)",
     )
     parser.add_argument(
-        "--no-avalanche-stock",
-        action="store_true",
-        help="skip the arm that evaluates the whole test stream every time",
+        "--no-avalanche-seen", action="store_true", help="skip the seen-tasks Avalanche arm"
     )
     parser.add_argument("--no-e2e", action="store_true", help="skip the cl.run(...) timing")
     parser.add_argument("--profile", action="store_true", help="cProfile one run_stream call")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON results file")
     args = parser.parse_args(argv)
+    if args.repeats < 1:
+        parser.error("--repeats must be at least 1")
 
     cfg, _ = config_mod.load(OVERRIDES)
     b = cfg.benchmark
@@ -383,17 +440,17 @@ def main(argv: list[str] | None = None) -> None:
     stream = build_stream(b, data, cfg.seed, cfg.eval.subset)
     short = truncated(stream, 1)
     evaluator = args.avalanche_evaluator
-    arms: dict[str, Callable[[Path], ArmResult]] = {
+    arms: dict[str, Arm] = {
         "cl": lambda folder: run_cl(cfg, stream, folder),
         "bare": lambda folder: run_bare(cfg, stream),
-        "avalanche": AvalancheArm(cfg, stream, all_tasks=False, evaluator=evaluator),
+        "avalanche-stock": AvalancheArm(cfg, stream, all_tasks=True, evaluator=evaluator),
     }
-    if not args.no_avalanche_stock:
-        arms["avalanche-stock"] = AvalancheArm(cfg, stream, all_tasks=True, evaluator=evaluator)
-    warmups: list[Callable[[Path], ArmResult]] = [
+    if not args.no_avalanche_seen:
+        arms["avalanche-seen"] = AvalancheArm(cfg, stream, all_tasks=False, evaluator=evaluator)
+    warmups: list[Arm] = [
         lambda folder: run_cl(cfg, short, folder),
         lambda folder: run_bare(cfg, short),
-        AvalancheArm(cfg, short, all_tasks=False, evaluator=evaluator),
+        AvalancheArm(cfg, short, all_tasks=True, evaluator=evaluator),
     ]
 
     print(
@@ -401,60 +458,63 @@ def main(argv: list[str] | None = None) -> None:
         f"{[len(e.y) for e in stream.experiences]}, eval sizes "
         f"{[len(e.eval_y) for e in stream.experiences]}; torch {torch.__version__}, "
         f"{torch.get_num_threads()} threads, {os.cpu_count()} CPUs; "
-        f"avalanche evaluator: {evaluator}"
+        f"Avalanche evaluator: {evaluator}"
     )
-    load_before = os.getloadavg()[0]
-    if load_before > 0.5:
+    idle = CpuShares()
+    time.sleep(1.0)
+    before = idle.shares()
+    if before:
         print(
-            f"warning: load average {load_before:.2f} before the run; other processes compete "
-            "for the CPUs and the timings (most of all Avalanche's) will be noisy"
+            f"CPUs before the start (1 s): {before['busy']:.0%} busy, {before['steal']:.0%} stolen"
         )
+        if before["busy"] > 0.1 or before["steal"] > 0.02:
+            print("note: other work competes for the CPUs; the timings will be noisy")
     results: dict[str, list[ArmResult]] = {a: [] for a in arms}
     e2e: list[float] = []
+    pair, others = ["cl", "bare"], [a for a in arms if a not in ("cl", "bare")]
     with tempfile.TemporaryDirectory(prefix="cl-bench-") as tmp:
         root = Path(tmp)
         for i, warmup in enumerate(warmups):
             warmup(root / f"warmup-{i}")
         if not args.no_e2e:
             run_end_to_end(root / "e2e-warmup")
-        for rep in range(args.repeats):
-            for arm, fn in arms.items():
-                results[arm].append(fn(root / f"{arm}-{rep}"))
+        during = CpuShares()
+        for rnd in range(args.repeats):
+            flip = -1 if rnd % 2 else 1  # cl and bare back to back, each first in turn
+            for arm in pair[::flip] + others[::flip]:
+                gc.collect()
+                results[arm].append(arms[arm](root / f"{arm}-{rnd}"))
             if not args.no_e2e:
-                e2e.append(run_end_to_end(root / f"e2e-{rep}"))
-            print(
-                f"repeat {rep + 1}/{args.repeats}: "
-                + "  ".join(f"{a} {r[-1].wall_s:.3f}s" for a, r in results.items()),
-                flush=True,
-            )
+                gc.collect()
+                e2e.append(run_end_to_end(root / f"e2e-{rnd}"))
+            times = "  ".join(f"{a} {r[-1].wall_s:.3f}s" for a, r in results.items())
+            print(f"round {rnd + 1}/{args.repeats}: {times}", flush=True)
+        cpu = during.shares()
         profile = profile_cl(cfg, stream, root / "profile") if args.profile else None
-    load_after = os.getloadavg()[0]
 
-    print()
     table = report(results, e2e)
-    print(table)
-    print(f"load average (1 min): {load_before:.2f} before, {load_after:.2f} after")
-    if profile:
-        print()
-        print(profile)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(
-        json.dumps(
-            {
-                "overrides": OVERRIDES,
-                "torch": torch.__version__,
-                "threads": torch.get_num_threads(),
-                "avalanche_evaluator": evaluator,
-                "load_average": [load_before, load_after],
-                "median_s": {a: median(r) for a, r in results.items()},
-                "runs": {a: [asdict(x) for x in r] for a, r in results.items()},
-                "end_to_end_s": e2e,
-                "table": table,
-            },
-            indent=2,
+    if cpu:
+        table += (
+            f"\nCPUs during the timed rounds: {cpu['busy']:.0%} busy, {cpu['steal']:.1%} stolen "
+            f"by the hypervisor (this process alone keeps up to {torch.get_num_threads()} busy)"
         )
-        + "\n"
-    )
+    print(f"\n{table}")
+    if profile:
+        print(f"\n{profile}")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    summary = {
+        "overrides": OVERRIDES,
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "avalanche_evaluator": evaluator,
+        "cpu_before": before,
+        "cpu_during": cpu,
+        "median_s": {a: _median(r) for a, r in results.items()},
+        "runs": {a: [asdict(x) for x in r] for a, r in results.items()},
+        "end_to_end_s": e2e,
+        "table": table,
+    }
+    args.out.write_text(json.dumps(summary, indent=2) + "\n")
     print(f"\nwrote {args.out}")
 
 

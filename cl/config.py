@@ -222,12 +222,17 @@ def compose(overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
 def _assign(cfg: DictConfig, key: str, value: Any) -> None:
     parent_key, _, leaf = key.rpartition(".")
     parent = OmegaConf.select(cfg, parent_key) if parent_key else cfg
-    if parent_key.startswith("strategy") and isinstance(parent, DictConfig):
-        if parent_key == "strategy":
-            raise UserError(
-                f"unknown key '{key}': strategy options are set per strategy, "
-                f"e.g. strategy.{next(iter(cfg.strategy), 'replay')}.<option>=value"
-            )
+    if parent_key == "strategy" and leaf not in parent:
+        first = next(iter(parent), "replay")
+        raise UserError(
+            f"unknown key '{key}': strategy options are set per strategy, "
+            f"e.g. strategy.{first}.{leaf}=value"
+        )
+    if parent is None and key.startswith("strategy."):
+        raise UserError(
+            f"'{key}' sets an option of a strategy that is not selected; "
+            f"selected: {', '.join(cfg.strategy)} (pick it with strategy=...)"
+        )
     if not isinstance(parent, DictConfig) or leaf not in parent:
         valid = ", ".join(parent.keys()) if isinstance(parent, DictConfig) else "(none)"
         raise UserError(f"unknown key '{key}'; valid keys here: {valid}")

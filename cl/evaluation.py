@@ -40,19 +40,19 @@ class Evaluator:
         model.eval()
         try:
             with torch.inference_mode():
-                correct = torch.zeros(n, device=self.x.device, dtype=torch.float64)
-                loss = torch.zeros(n, device=self.x.device, dtype=torch.float64)
+                sums = torch.zeros(n, 2, device=self.x.device, dtype=torch.float64)
                 for start in range(0, end, self.batch_size):
                     sl = slice(start, min(end, start + self.batch_size))
                     out = model(self.x[sl])
                     task = self.task[sl]
                     if self.mask is not None:
                         out = out.masked_fill(~self.mask[task], float("-inf"))
-                    ce = F.cross_entropy(out, self.y[sl], reduction="none")
-                    correct.index_add_(0, task, (out.argmax(1) == self.y[sl]).double())
-                    loss.index_add_(0, task, ce.double())
-                sizes = self.sizes[:n]
-                stats = torch.stack([correct / sizes, loss / sizes]).tolist()
+                    y = self.y[sl]
+                    hit_ce = torch.stack(
+                        [out.argmax(1) == y, F.cross_entropy(out, y, reduction="none")], 1
+                    )
+                    sums.index_add_(0, task, hit_ce.double())
+                stats = (sums / self.sizes[:n, None]).T.tolist()
         finally:
             model.train(was_training)
         return stats[0], stats[1]

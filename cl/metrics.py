@@ -95,13 +95,12 @@ class StreamingMetrics:
         """Fold in one evaluation (accuracy of tasks 0..len-1); returns the series to log."""
         for i in range(min(experience, len(accs))):
             self.min_acc[i] = min(self.min_acc.get(i, math.inf), accs[i])
+        # plain Python sums: numpy calls on tiny lists dominate this per-evaluation path
         old = [self.min_acc[i] for i in range(experience)]
-        row = {"eval/acc/avg_seen": float(np.mean(accs[: experience + 1]))}
+        row = {"eval/acc/avg_seen": sum(accs[: experience + 1]) / (experience + 1)}
         if old:
-            row["sg/min_acc"] = float(np.mean(old))
-            row["sg/wc_acc"] = float(np.mean([accs[experience], *old]))
-        else:
-            row["sg/wc_acc"] = accs[experience]
+            row["sg/min_acc"] = sum(old) / len(old)
+        row["sg/wc_acc"] = (accs[experience] + sum(old)) / (len(old) + 1)
         return row
 
 

@@ -60,7 +60,7 @@ def train_step(ctx: Context, strategies: list[Strategy], batch: Batch):
     for s in strategies:
         s.after_step(ctx)
     n = batch.n_new  # prequential accuracy: new samples, scored before this update
-    correct = (logits[:n].detach().argmax(1) == batch.y[:n]).sum()
+    correct = (logits[:n].argmax(1) == batch.y[:n]).sum()
     return loss.detach(), correct
 
 
@@ -76,15 +76,18 @@ def run_stream(
     stream, bs, every = ctx.stream, cfg.train.batch_size, cfg.eval.every
     evaluator = Evaluator(stream, ctx.device, cfg.eval.batch_size)
     tracker, record = StreamingMetrics(), Record()
-    window = {"loss": 0.0, "correct": 0, "seen": 0, "steps": 0}
+    window: dict[str, list] = {"loss": [], "correct": [], "seen": []}  # since the last row
 
     def emit(epoch: int, all_tasks: bool) -> None:
         k = ctx.experience
         n_eval = stream.n_tasks if all_tasks or cfg.eval.unseen else k + 1
         accs, losses = evaluator(ctx.model, n_eval)
         row = {"iteration": ctx.iteration, "experience": k, "epoch": epoch}
-        if window["steps"]:
-            train_loss = float(window["loss"]) / window["steps"]
+        if window["loss"]:
+            steps = len(window["loss"])
+            loss_sum = window["loss"][0] if steps == 1 else torch.stack(window["loss"]).sum()
+            hits = window["correct"][0] if steps == 1 else torch.stack(window["correct"]).sum()
+            train_loss = loss_sum.item() / steps
             if not math.isfinite(train_loss):
                 raise RunFailed(
                     f"the training loss became {train_loss} at iteration {ctx.iteration} "
@@ -92,8 +95,9 @@ def run_stream(
                     "are kept."
                 )
             row["train/loss"] = train_loss
-            row["train/online_acc"] = float(window["correct"]) / window["seen"]
-            window.update(loss=0.0, correct=0, seen=0, steps=0)
+            row["train/online_acc"] = hits.item() / sum(window["seen"])
+            for values in window.values():
+                values.clear()
         for i, (a, lo) in enumerate(zip(accs, losses, strict=True)):
             row[f"eval/acc/task_{i}"] = a
             row[f"eval/loss/task_{i}"] = lo
@@ -125,10 +129,9 @@ def run_stream(
                     batch = s.batch(ctx, batch)
                 loss, correct = train_step(ctx, strategies, batch)
                 ctx.iteration += 1
-                window["loss"] += loss
-                window["correct"] += correct
-                window["seen"] += len(idx)
-                window["steps"] += 1
+                window["loss"].append(loss)
+                window["correct"].append(correct)
+                window["seen"].append(len(idx))
                 last = epoch == cfg.train.epochs - 1 and b == n_batches - 1
                 if last or ctx.iteration % every == 0:
                     emit(epoch, all_tasks=last)

@@ -30,7 +30,11 @@ class LocalStore:
         self._file = open(self.path, "a", buffering=1 << 16)  # noqa: SIM115 - closed in close()
 
     def log(self, row: dict[str, Any]) -> None:
-        self._file.write(json.dumps({k: _clean(v) for k, v in row.items()}) + "\n")
+        try:
+            line = json.dumps(row, allow_nan=False)
+        except ValueError:  # NaN or inf: stored as null
+            line = json.dumps({k: _clean(v) for k, v in row.items()})
+        self._file.write(line + "\n")
         self._file.flush()
 
     def close(self, ok: bool = True) -> None:

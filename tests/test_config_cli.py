@@ -139,3 +139,10 @@ def test_help_lists_examples(capsys):
     with pytest.raises(SystemExit):
         main(["--help"])
     assert "cl run strategy=[replay,naive]" in capsys.readouterr().out
+
+
+def test_strategy_option_errors_explain_the_grammar():
+    with pytest.raises(UserError, match=r"e.g. strategy.replay.mem_size=value"):
+        config.load(["strategy.mem_size=10"])
+    with pytest.raises(UserError, match="not selected; selected: naive"):
+        config.load(["strategy=naive", "strategy.replay.mem_size=10"])
