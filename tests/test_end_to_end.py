@@ -80,7 +80,8 @@ def test_default_experiment_shows_the_stability_gap(tmp_path):
         drops.append(before - dip)
         if k >= 2:  # with task 0 alone in memory, replay holds it through the first switch
             assert dip < before - 0.05, (k, before, dip)  # drop right after the switch
-            assert during[-1] > dip + 0.05, (k, dip, during[-1])  # partial recovery
+            # recovery: at least a third of the drop is regained by the end of the task
+            assert during[-1] - dip > (before - dip) / 3, (k, before, dip, during[-1])
     assert max(drops) > 0.2, drops
     assert s["acc"] > 0.75
 
