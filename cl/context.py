@@ -39,6 +39,7 @@ class Context:
     seen_classes: list[int] = field(default_factory=list)
     class_mask: torch.Tensor | None = None  # (n_tasks, n_classes) in task-incremental streams
     generator: torch.Generator | None = None  # the run's training RNG (sampling, shuffling)
+    features: torch.Tensor | None = None  # penultimate features of the current training batch
 
     def logits(self, output: torch.Tensor, task: torch.Tensor) -> torch.Tensor:
         """Restrict logits to each sample's task classes when the stream is task-incremental."""

@@ -41,9 +41,18 @@ def make_optimizer(cfg: RunConfig, model: torch.nn.Module) -> torch.optim.Optimi
     )
 
 
+def forward(model: torch.nn.Module, x: torch.Tensor):
+    """(logits, penultimate features); features are None for models without `features`/`head`."""
+    if hasattr(model, "features") and hasattr(model, "head"):
+        features = model.features(x)
+        return model.head(features), features
+    return model(x), None
+
+
 def train_step(ctx: Context, strategies: list[Strategy], batch: Batch):
     """Forward, loss (task + strategy terms), backward, step. Returns (loss, online correct)."""
-    logits = ctx.logits(ctx.model(batch.x), batch.task)
+    output, ctx.features = forward(ctx.model, batch.x)
+    logits = ctx.logits(output, batch.task)
     if batch.weight is None:
         loss = F.cross_entropy(logits, batch.y)
     else:

@@ -36,7 +36,11 @@ class Strategy:
         return batch
 
     def loss(self, ctx: Context, batch: Batch, output: torch.Tensor) -> torch.Tensor | None:
-        """An extra loss term added to the task loss, or None."""
+        """An extra loss term added to the task loss, or None.
+
+        `output` holds the (task-masked) logits of `batch`; `ctx.features` the penultimate
+        features of the same forward pass, with gradients.
+        """
         return None
 
     def after_backward(self, ctx: Context) -> None:
