@@ -46,8 +46,8 @@ def execute(cfg: RunConfig, plain_config: dict, quiet: bool = False) -> Run:
     from cl.context import Context
     from cl.data import load_source
     from cl.environment import environment, resolve_device, seed_everything
-    from cl.metrics import summarize
     from cl.models import build_model
+    from cl.monitor import Monitor
     from cl.runner import make_optimizer, run_stream
     from cl.streams import build_stream
 
@@ -113,9 +113,10 @@ def execute(cfg: RunConfig, plain_config: dict, quiet: bool = False) -> Run:
             )
 
     progress = Progress(cfg.run.progress and not quiet)
-    ok, record, failure = False, None, None
+    monitor = Monitor(cfg, ctx)
+    ok, failure = False, None
     try:
-        record = run_stream(cfg, ctx, strategies, log, progress, checkpoint)
+        run_stream(cfg, ctx, strategies, monitor, log, progress, checkpoint)
         ok = True
     except RunFailed as e:
         failure = str(e)
@@ -124,23 +125,13 @@ def execute(cfg: RunConfig, plain_config: dict, quiet: bool = False) -> Run:
         summary = {"status": "finished" if ok else "failed"}
         if failure:
             summary["error"] = failure
-        rec_accs = record.accs if record else None
-        if rec_accs is None:
-            rec_accs, rec_exp = _record_from_store(folder, stream.n_tasks)
-        else:
-            rec_exp = record.experience
-        if rec_accs:
-            A, exp = np.array(rec_accs, dtype=float), np.array(rec_exp)
-            summary.update(summarize(A, exp, stream.n_tasks, A[0]))
-            np.savetxt(
-                folder / "accuracy_matrix.csv",
-                np.array(summary["accuracy_matrix"], dtype=float),
-                delimiter=",",
-                fmt="%.6f",
-            )
-        summary["n_iterations"] = record.iterations if record else ctx.iteration
-        summary["n_eval_rows"] = len(rec_accs)
+        summary.update(monitor.summary())
+        summary["n_iterations"] = ctx.iteration
+        summary["n_eval_rows"] = len(monitor.record.accs)
         summary["wall_time_s"] = round(time.perf_counter() - start, 3)
+        if summary.get("accuracy_matrix"):
+            R = np.array(summary["accuracy_matrix"], dtype=float)
+            np.savetxt(folder / "accuracy_matrix.csv", R, delimiter=",", fmt="%.6f")
         write_json(folder / "summary.json", summary)
         for s in sinks:
             if hasattr(s, "summary"):
@@ -167,12 +158,3 @@ def _plots(plots, loaded: Run, folder: Path, sinks: list, title: str) -> None:
         if hasattr(s, "image"):
             for p in paths:
                 s.image(f"plots/{p.stem}", p)
-
-
-def _record_from_store(folder: Path, n_tasks: int):
-    from cl.store import read_rows
-
-    rows = read_rows(folder / "metrics.jsonl")
-    accs = [[r.get(f"eval/acc/task_{i}", np.nan) for i in range(n_tasks)] for r in rows]
-    accs = [[np.nan if v is None else v for v in a] for a in accs]
-    return accs, [r["experience"] for r in rows]

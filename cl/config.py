@@ -71,6 +71,23 @@ class EvalConfig:
 
 
 @dataclass
+class MetricsConfig:
+    windows: list[int] = field(default_factory=lambda: [10, 100])  # WF^w / WP^w, in evaluations
+    lca_beta: int = 10  # LCA: first beta evaluations of each task
+    transfer_normaliser: str = "paper"  # BWT/FWT: paper = divide by T-1; code = by T (GEM code)
+    recovery_tolerance: float = 0.05  # recovery time: back within this of pre-switch accuracy
+    speed_target: float = 0.9  # learning speed: online accuracy to reach ...
+    speed_window: int = 10  # ... as a moving average over this many iterations
+
+
+@dataclass
+class PlasticityConfig:
+    every: int = 50  # probe every N training iterations (0 = off)
+    probe_size: int = 500  # fixed probe samples per experience (from its training data)
+    dead_threshold: float = 0.0  # a unit is dead when |h| <= this on every probe input
+
+
+@dataclass
 class WandbConfig:
     mode: str = "offline"  # offline | online | disabled
     project: str = "cl"
@@ -104,6 +121,8 @@ class RunConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    plasticity: PlasticityConfig = field(default_factory=PlasticityConfig)
     wandb: WandbConfig = field(default_factory=WandbConfig)
     run: RunSection = field(default_factory=RunSection)
     data: DataConfig = field(default_factory=DataConfig)
@@ -116,6 +135,7 @@ CHOICES = {
     "model.name": tuple(MODELS),
     "model.activation": ("relu", "tanh", "leaky_relu", "gelu", "sigmoid"),
     "optim.name": ("sgd", "adam"),
+    "metrics.transfer_normaliser": ("paper", "code"),
     "wandb.mode": ("offline", "online", "disabled"),
 }
 
@@ -266,6 +286,8 @@ def validate(cfg: DictConfig) -> RunConfig:
         "eval.every",
         "eval.subset",
         "eval.batch_size",
+        "metrics.lca_beta",
+        "metrics.speed_window",
     )
     if not 0.0 < b.test_fraction < 1.0:
         raise UserError(f"benchmark.test_fraction={b.test_fraction} must be in (0, 1)")
@@ -288,6 +310,10 @@ def validate(cfg: DictConfig) -> RunConfig:
         raise UserError(
             "model=resnet18 with a permuted stream destroys spatial structure; use model=mlp"
         )
+    if not cfg.metrics.windows or any(w < 2 for w in cfg.metrics.windows):
+        raise UserError(f"metrics.windows={list(cfg.metrics.windows)} must be integers >= 2")
+    if cfg.plasticity.every < 0 or cfg.plasticity.probe_size <= 0:
+        raise UserError("plasticity.every must be >= 0 (0 = off) and plasticity.probe_size > 0")
     if any(h <= 0 for h in m.hidden):
         raise UserError(f"model.hidden={list(m.hidden)} must be positive widths")
     if not cfg.strategy:

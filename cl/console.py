@@ -6,11 +6,17 @@ import sys
 
 SUMMARY_KEYS = (
     ("acc", "ACC (final average accuracy)"),
+    ("aaa", "AAA (average anytime accuracy)"),
     ("bwt", "BWT (backward transfer)"),
     ("fwt", "FWT (forward transfer)"),
     ("forgetting", "forgetting (max-based)"),
     ("min_acc", "min-ACC (stability gap)"),
     ("wc_acc", "WC-ACC (worst-case accuracy)"),
+    ("wf_10", "WF^10 (windowed forgetting)"),
+    ("gap_depth", "gap depth (mean drop after a switch)"),
+    ("recovery_time", "recovery time (iterations)"),
+    ("online_acc", "online accuracy"),
+    ("dead_units", "dead units (fraction)"),
     ("n_iterations", "training iterations"),
     ("n_eval_rows", "evaluations logged"),
     ("wall_time_s", "wall time (s)"),

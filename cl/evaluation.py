@@ -33,14 +33,16 @@ class Evaluator:
     def n_tasks(self) -> int:
         return len(self.ends)
 
-    def __call__(self, model: torch.nn.Module, n: int) -> tuple[list[float], list[float]]:
-        """Accuracy and mean cross-entropy on each of the first `n` tasks."""
+    def __call__(self, model: torch.nn.Module, n: int):
+        """Accuracy and mean cross-entropy on each of the first `n` tasks (two lists), and
+        the per-sample correctness (bool tensor over those tasks' samples, in order)."""
         end = self.ends[n - 1]
         was_training = model.training
         model.eval()
         try:
             with torch.inference_mode():
                 sums = torch.zeros(n, 2, device=self.x.device, dtype=torch.float64)
+                hits = []
                 for start in range(0, end, self.batch_size):
                     sl = slice(start, min(end, start + self.batch_size))
                     out = model(self.x[sl])
@@ -48,11 +50,10 @@ class Evaluator:
                     if self.mask is not None:
                         out = out.masked_fill(~self.mask[task], float("-inf"))
                     y = self.y[sl]
-                    hit_ce = torch.stack(
-                        [out.argmax(1) == y, F.cross_entropy(out, y, reduction="none")], 1
-                    )
+                    hits.append(out.argmax(1) == y)
+                    hit_ce = torch.stack([hits[-1], F.cross_entropy(out, y, reduction="none")], 1)
                     sums.index_add_(0, task, hit_ce.double())
                 stats = (sums / self.sizes[:n, None]).T.tolist()
         finally:
             model.train(was_training)
-        return stats[0], stats[1]
+        return stats[0], stats[1], hits[0] if len(hits) == 1 else torch.cat(hits)

@@ -204,10 +204,24 @@ def test_wandb_online_without_credentials_falls_back_to_offline(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
     env["HOME"] = str(tmp_path)  # no ~/.netrc credentials
     r = subprocess.run(
-        [sys.executable, "-m", "cl", "run", f"run.dir={tmp_path}/runs", "run.progress=false",
-         "model.hidden=[16]", "train.epochs=1", "benchmark.n_tasks=2", "wandb.mode=online",
-         "wandb.init_timeout=5", "-q"],
-        capture_output=True, text=True, timeout=300, env=env,
+        [
+            sys.executable,
+            "-m",
+            "cl",
+            "run",
+            f"run.dir={tmp_path}/runs",
+            "run.progress=false",
+            "model.hidden=[16]",
+            "train.epochs=1",
+            "benchmark.n_tasks=2",
+            "wandb.mode=online",
+            "wandb.init_timeout=5",
+            "-q",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
     )
     assert r.returncode == 0, r.stderr
     assert "W&B online mode failed" in r.stderr and "logging offline instead" in r.stderr

@@ -39,7 +39,14 @@ def test_evaluator_matches_a_per_task_loop(digits, incremental):
     model = MLP(64, [32], 10)
     ev = Evaluator(stream, "cpu", batch_size=97)  # chunking must not change results
     for n in (1, 3, 5):
-        accs, losses = ev(model, n)
+        accs, losses, hits = ev(model, n)
+        assert hits.dtype == torch.bool and len(hits) == sum(
+            len(e.eval_y) for e in stream.experiences[:n]
+        )
+        assert hits.float().mean().item() == pytest.approx(
+            sum(a * len(e.eval_y) for a, e in zip(accs, stream.experiences, strict=False))
+            / len(hits)
+        )
         want_accs, want_losses = per_task_loop(model, stream, n, incremental == "task")
         assert accs == pytest.approx(want_accs, abs=1e-6)
         assert losses == pytest.approx(want_losses, abs=1e-5)

@@ -94,9 +94,92 @@ def test_streaming_metrics_match_the_batch_definitions():
 def test_summarize_has_the_contract_keys():
     A = np.vstack([[0.1, 0.12, 0.08], SEQ])
     exp = np.concatenate([[0], EXP])
-    s = metrics.summarize(A, exp, 3, A[0])
+    s = metrics.summarize(A, exp, np.arange(13), 3)
     for key in ("acc", "bwt", "fwt", "forgetting", "min_acc", "wc_acc", "accuracy_matrix"):
         assert key in s
     assert s["acc"] == pytest.approx(0.86)
     assert s["min_acc"] == pytest.approx(0.30)
     assert s["fwt"] is None  # future tasks never evaluated in this sequence
+
+
+IT = np.arange(1, 13)
+
+
+def test_forgetting_initial_last_and_sample_weighted_accuracy():
+    assert metrics.forgetting_initial_last_per_task(R) == pytest.approx([0.30, 0.20])
+    assert metrics.forgetting_initial_last(R) == pytest.approx(0.25)
+    assert metrics.sample_weighted_acc(R[-1], np.array([1000, 500, 500])) == pytest.approx(0.6625)
+    assert metrics.sample_weighted_acc(R[0], np.array([1000, 500, 500])) == pytest.approx(0.5375)
+
+
+def test_average_anytime_accuracy():
+    assert metrics.aaa(SEQ, EXP, IT) == pytest.approx(0.718889, abs=1e-6)
+    # the evaluation before training (iteration 0) is not part of AAA
+    A = np.vstack([[0.1, NAN, NAN], SEQ])
+    assert metrics.aaa(A, np.concatenate([[0], EXP]), np.arange(13)) == pytest.approx(
+        0.718889, abs=1e-6
+    )
+
+
+def test_windowed_forgetting_and_plasticity_code_semantics():
+    wf = metrics.windowed_per_task(SEQ, EXP, 3, "forgetting")
+    assert wf == pytest.approx({0: 0.55, 1: 0.70, 2: 0.0})
+    assert metrics.windowed(SEQ, EXP, 3, "forgetting") == pytest.approx(0.416667, abs=1e-6)
+    assert metrics.windowed(SEQ, EXP, 3, "forgetting", tasks="old") == pytest.approx(0.625)
+    wp = metrics.windowed_per_task(SEQ, EXP, 3, "plasticity")
+    assert wp == pytest.approx({0: 0.45, 1: 0.55, 2: 0.40})
+    assert metrics.windowed(SEQ, EXP, 3, "plasticity") == pytest.approx(0.466667, abs=1e-6)
+
+
+def test_windows_are_counted_in_evaluations_and_floor_at_zero():
+    exp = np.zeros(5, dtype=int)
+    rising = np.array([[0.1], [0.2], [0.3], [0.4], [0.5]])
+    assert metrics.windowed(rising, exp, 10, "forgetting") == 0.0
+    drop = np.array([[0.9], [0.8], [0.7], [0.6], [0.5]])
+    assert metrics.windowed(drop, exp, 2, "forgetting") == pytest.approx(0.1)
+    assert metrics.windowed(drop, exp, 5, "forgetting") == pytest.approx(0.4)
+
+
+def test_lca_code_form():
+    assert metrics.lca(SEQ, EXP, beta=2) == pytest.approx(0.55)
+    assert math.isnan(metrics.lca(SEQ, EXP, beta=5))  # no task has 5 evaluations
+
+
+def test_gap_depth_and_recovery_time():
+    effects = metrics.switch_effects(SEQ, EXP, IT, tolerance=0.05)
+    got = {(e.switch, e.task): (round(e.depth, 6), e.recovery) for e in effects}
+    assert got == {(1, 0): (0.55, 4), (2, 0): (0.30, 3), (2, 1): (0.70, None)}
+    s = metrics.summarize(SEQ, EXP, IT, 3, windows=(3,), lca_beta=2)
+    assert s["gap_depth"] == pytest.approx(0.516667, abs=1e-6)
+    assert s["recovery_time"] == pytest.approx(3.5)
+    assert s["recovery_rate"] == pytest.approx(2 / 3)
+    assert s["wf_3"] == pytest.approx(0.416667, abs=1e-6) and s["lca"] == pytest.approx(0.55)
+
+
+def test_recovery_is_zero_when_the_task_never_drops_below_tolerance():
+    A = np.array([[0.9, NAN], [0.88, 0.5], [0.9, 0.8]])
+    (e,) = metrics.switch_effects(A, np.array([0, 1, 1]), np.array([1, 2, 3]), tolerance=0.05)
+    assert e.recovery == 0 and e.depth == pytest.approx(0.02)
+
+
+def test_streaming_windowed_metrics_match_the_batch_form():
+    tracker = metrics.StreamingMetrics(windows=(3, 100))
+    for k, acc in zip(EXP, SEQ, strict=True):
+        row = tracker.update(int(k), [a for a in acc if not math.isnan(a)])
+    assert row["sg/wf_3"] == pytest.approx(metrics.windowed(SEQ, EXP, 3, "forgetting"))
+    assert row["sg/wp_3"] == pytest.approx(metrics.windowed(SEQ, EXP, 3, "plasticity"))
+    assert row["sg/wf_100"] == pytest.approx(metrics.windowed(SEQ, EXP, 100, "forgetting"))
+
+
+def test_negative_flip_rate():
+    y = np.arange(10)
+    old = np.array([0, 1, 2, 3, 4, 0, 0, 7, 8, 1]) == y
+    new = np.array([0, 1, 9, 3, 4, 5, 0, 0, 8, 9]) == y
+    assert metrics.negative_flip_rate(old, new) == pytest.approx(0.2)
+
+
+def test_learning_speed():
+    online = [0, 1, 1, 0, 1, 1, 1, 1]
+    assert metrics.learning_speed(online, target=0.75, window=4) == 5
+    assert metrics.learning_speed(online, target=1.0, window=4) == 8
+    assert metrics.learning_speed([0.0] * 20, target=0.5, window=4) is None
