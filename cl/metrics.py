@@ -207,7 +207,7 @@ class StreamingMetrics:
         for i in range(min(experience, len(accs))):
             self.min_acc[i] = min(self.min_acc.get(i, math.inf), accs[i])
         for i in range(min(experience + 1, len(accs))):
-            past = self.history.setdefault(i, deque(maxlen=max(self.windows) - 1))
+            past = self.history.setdefault(i, deque(maxlen=max(self.windows, default=2) - 1))
             for w in self.windows:
                 prior = list(past)[-(w - 1) :] if w > 1 else []
                 if prior:
