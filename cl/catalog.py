@@ -51,4 +51,54 @@ STRATEGIES = {
         "Chaudhry et al. 2019 (tiny episodic memories); De Lange et al., ICLR 2023 (weighting)",
         "strategies.replay:Replay",
     ),
+    "cbp": Entry(
+        "continual backprop: reinitialise low-utility mature hidden units after every step",
+        "Dohare et al., Nature 2024 (loss of plasticity, arXiv 2306.13812)",
+        "strategies.cbp:ContinualBackprop",
+    ),
+    "spectral": Entry(
+        "spectral regularisation: keep each layer's largest singular value near 1",
+        "Lewandowski et al., ICLR 2025 (arXiv 2406.06811)",
+        "strategies.spectral:Spectral",
+    ),
+    "wasserstein": Entry(
+        "Wasserstein regularisation towards the initial weight distribution",
+        "Lewandowski et al., arXiv 2406.06811 v1; arXiv 2312.00246",
+        "strategies.wasserstein:Wasserstein",
+    ),
+    "l2": Entry(
+        "L2 penalty lambda/2 ||theta||^2 (weight decay)",
+        "Dohare et al., Nature 2024 (baseline)",
+        "strategies.l2:L2",
+    ),
+    "l2_init": Entry(
+        "L2 penalty towards the initial parameters (regenerative regularisation)",
+        "Kumar, Marklund & Van Roy, arXiv 2308.11958",
+        "strategies.l2_init:L2Init",
+    ),
+    "shrink_perturb": Entry(
+        "every step shrink the weights and add Gaussian noise",
+        "Ash & Adams, NeurIPS 2020; per-step form of Dohare et al., Nature 2024",
+        "strategies.shrink_perturb:ShrinkPerturb",
+    ),
+    "gem": Entry(
+        "gradient episodic memory: QP projection against every past task's memory gradient",
+        "Lopez-Paz & Ranzato, NeurIPS 2017",
+        "strategies.gem:GEM",
+    ),
+    "agem": Entry(
+        "averaged GEM: closed-form projection against one memory reference gradient",
+        "Chaudhry et al., ICLR 2019",
+        "strategies.agem:AGEM",
+    ),
+    "weight_aligning": Entry(
+        "KD + herding exemplars + aligning new classes' head weight norms to old ones (WA)",
+        "Zhao et al., CVPR 2020",
+        "strategies.weight_aligning:WeightAligning",
+    ),
+    "center_loss": Entry(
+        "center loss on penultimate features, pulling new tasks onto old class centers",
+        "Olpadkar & Gavas, arXiv 2110.11314; Wen et al., ECCV 2016",
+        "strategies.center_loss:CenterLoss",
+    ),
 }

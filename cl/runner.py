@@ -1,9 +1,10 @@
 """The stream runner: trains the model experience after experience, evaluating as it goes.
 
 One training iteration = one optimizer step on one batch. After every `eval.every`
-iterations (and every `plasticity.every`), and always at the last iteration of each
-experience, the monitor scores the seen tasks (all tasks at experience ends and before
-training, for R and FWT) and one row goes to `log`. Strategies act only through their hooks.
+iterations (and every `plasticity.every`), and always at the end of each experience (after
+the strategies' `after_experience`), the monitor scores the seen tasks (all tasks at
+experience ends and before training, for R and FWT) and one row goes to `log`. Strategies
+act only through their hooks.
 """
 
 from __future__ import annotations
@@ -105,12 +106,14 @@ def run_stream(
                 monitor.step(*train_step(ctx, strategies, batch, want_norm), n=len(idx))
                 ctx.iteration += 1
                 last = epoch == cfg.train.epochs - 1 and b == n_batches - 1
-                if last or monitor.due(ctx.iteration):
-                    log(monitor.row(ctx, epoch, boundary=last))
+                if not last and monitor.due(ctx.iteration):
+                    log(monitor.row(ctx, epoch, boundary=False))
                 if progress is not None:
                     progress(ctx.iteration, monitor.record)
         for s in strategies:
             s.after_experience(ctx)
+        # the experience's last row comes after its end-of-task changes (e.g. WA's alignment)
+        log(monitor.row(ctx, cfg.train.epochs - 1, boundary=True))
         if on_experience_end is not None:
             on_experience_end(ctx, strategies)
     return monitor.record

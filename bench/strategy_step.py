@@ -1,0 +1,223 @@
+"""Time per training step of cl's GEM and A-GEM against naive and against Avalanche's GEM/AGEM.
+
+Workload (GEM paper's MNIST setup): 20-task permuted MNIST on the embedded mnist5k digits, MLP
+784-100-100-10 (ReLU), SGD lr 0.1 (no momentum), batch 10, 256 memories per past task; GEM
+memory_strength 0.5, A-GEM sample_size 256. Timed at task k = 2, 5, 10, 20 (k - 1 past tasks):
+the memories of tasks 1..k-1 are filled directly (random 256 samples of each task's training
+data, the same samples for cl and Avalanche) and `--steps` steps are run on task k's data.
+
+* cl: `cl.runner.train_step` with [] (naive), [GEM] or [AGEM], as the runner calls it.
+* Avalanche 0.6.0: `avalanche.training.Naive` / `GEM(patterns_per_exp=256,
+  memory_strength=0.5)` / `AGEM(patterns_per_exp=256, sample_size=256)`, train_mb_size 10, no
+  metrics or loggers; GEM's memory_x/y/tid dicts and AGEM's buffers are filled directly and the
+  clock is set to k - 1 finished experiences. One step = the time between two consecutive
+  `before_training_iteration` callbacks (so data loading and every callback count).
+
+Both run with NumPy's BLAS limited to one thread (threadpoolctl, `user_api="blas"`) and torch
+on `--threads` threads (default 1: the VM has 2 shared cores). The table gives the median
+ms/step after `--warmup` steps, and ratios. Run: `.venv/bin/python bench/strategy_step.py`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import statistics
+import time
+import warnings
+
+import torch
+from threadpoolctl import threadpool_limits
+from torch import nn
+
+from cl.config import load
+from cl.context import Batch, Context
+from cl.data import load_source
+from cl.models import MLP
+from cl.runner import train_step
+from cl.streams import build_stream
+from strategies.agem import AGEM
+from strategies.gem import GEM
+
+TASKS = (2, 5, 10, 20)
+MEM, BATCH, LR = 256, 10, 0.1
+
+
+def make_stream():
+    cfg, _ = load(["benchmark=permuted_mnist", "benchmark.n_tasks=20"])
+    b = cfg.benchmark
+    data = load_source(b.source, cfg.data.root, cfg.data.download, b.test_fraction, b.split_seed)
+    return build_stream(b, data, 0, 10)
+
+
+def memories(stream, k):
+    """(x, y) of 256 random training samples of each of the k - 1 past tasks."""
+    gen = torch.Generator().manual_seed(1)
+    out = []
+    for e in stream.experiences[: k - 1]:
+        idx = torch.randperm(len(e.y), generator=gen)[:MEM]
+        out.append((e.x[idx].clone(), e.y[idx].clone()))
+    return out
+
+
+def model():
+    torch.manual_seed(0)
+    return MLP(784, [100, 100], 10)
+
+
+def time_cl(stream, k, arm, steps, warmup):
+    net = model()
+    opt = torch.optim.SGD(net.parameters(), lr=LR)
+    ctx = Context(net, opt, stream, torch.device("cpu"), experience=k - 1)
+    ctx.seen_classes = list(range(10))
+    ctx.generator = torch.Generator().manual_seed(0)
+    strategies = []
+    if arm != "naive":
+        s = GEM(MEM, 0.5) if arm == "gem" else AGEM(MEM, 256)
+        for t, (x, y) in enumerate(memories(stream, k)):
+            if arm == "gem":
+                s.x.append(x), s.y.append(y), s.task.append(t)
+            else:
+                tt = torch.full_like(y, t)
+                s.x = x if s.x is None else torch.cat([s.x, x])
+                s.y = y if s.y is None else torch.cat([s.y, y])
+                s.task = tt if s.task is None else torch.cat([s.task, tt])
+        strategies = [s]
+    e = stream.experiences[k - 1]
+    times = []
+    for i in range(steps + warmup):
+        sl = slice(i * BATCH, (i + 1) * BATCH)
+        batch = Batch(e.x[sl], e.y[sl], torch.full((BATCH,), k - 1), BATCH)
+        start = time.perf_counter()
+        for s in strategies:
+            batch = s.batch(ctx, batch)
+        train_step(ctx, strategies, batch)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times[warmup:])
+
+
+def time_avalanche(stream, k, arm, steps, warmup):
+    from avalanche.benchmarks import tensors_benchmark
+    from avalanche.benchmarks.utils import _make_taskaware_tensor_classification_dataset
+    from avalanche.core import SupervisedPlugin
+    from avalanche.training import AGEM as AvAGEM
+    from avalanche.training import GEM as AvGEM
+    from avalanche.training import Naive
+    from avalanche.training.plugins import AGEMPlugin, EvaluationPlugin, GEMPlugin
+
+    class Clock(SupervisedPlugin):
+        def __init__(self):
+            super().__init__()
+            self.stamps = []
+
+        def before_training_iteration(self, strategy, **kwargs):
+            self.stamps.append(time.perf_counter())
+
+    e = stream.experiences[k - 1]
+    n = (steps + warmup + 1) * BATCH
+    x, y = e.x[:n].flatten(1), e.y[:n]
+    bench = tensors_benchmark([(x, y)], [(x[:BATCH], y[:BATCH])], task_labels=[0])
+    net, clock = model(), Clock()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        evaluator = EvaluationPlugin(loggers=[])
+    kw = dict(
+        optimizer=torch.optim.SGD(net.parameters(), lr=LR),
+        criterion=nn.CrossEntropyLoss(),
+        train_mb_size=BATCH,
+        train_epochs=1,
+        device="cpu",
+        evaluator=evaluator,
+        plugins=[clock],
+    )
+    if arm == "naive":
+        strategy = Naive(model=net, **kw)
+    elif arm == "gem":
+        strategy = AvGEM(model=net, patterns_per_exp=MEM, memory_strength=0.5, **kw)
+        plugin = next(p for p in strategy.plugins if isinstance(p, GEMPlugin))
+        for t, (mx, my) in enumerate(memories(stream, k)):
+            plugin.memory_x[t], plugin.memory_y[t] = mx.flatten(1), my
+            plugin.memory_tid[t] = torch.zeros_like(my)
+    else:
+        strategy = AvAGEM(model=net, patterns_per_exp=MEM, sample_size=256, **kw)
+        plugin = next(p for p in strategy.plugins if isinstance(p, AGEMPlugin))
+        for mx, my in memories(stream, k):
+            plugin.update_memory(_make_taskaware_tensor_classification_dataset(mx.flatten(1), my))
+    strategy.clock.train_exp_counter = k - 1
+    with contextlib.redirect_stdout(io.StringIO()):
+        strategy.train(bench.train_stream[0])
+    diffs = [b - a for a, b in zip(clock.stamps, clock.stamps[1:], strict=False)]
+    return statistics.median(diffs[warmup:])
+
+
+def grad_pass(stream, repeats=15):
+    """GEM's memory-gradient pass at 1/4/9/19 past tasks: cl's loop vs a vmapped batch."""
+    from torch.func import functional_call, grad, vmap
+    from torch.nn import functional as F
+
+    net = model()
+    ctx = Context(net, None, stream, torch.device("cpu"))
+    params = {k: p.detach() for k, p in net.named_parameters()}
+
+    def loss(p, x, y):
+        return F.cross_entropy(functional_call(net, p, (x,)), y)
+
+    for past in (1, 4, 9, 19):
+        gem = GEM(MEM)
+        for t, (x, y) in enumerate(memories(stream, past + 1)):
+            gem.x.append(x), gem.y.append(y), gem.task.append(t)
+        xs, ys = torch.stack(gem.x), torch.stack(gem.y)
+
+        def batched(xs=xs, ys=ys):
+            g = vmap(grad(loss), in_dims=(None, 0, 0))(params, xs, ys)
+            return torch.cat([g[k].reshape(len(xs), -1) for k in params], dim=1)
+
+        arms = {"loop": lambda gem=gem: gem.memory_grads(ctx), "vmap": batched}
+        assert torch.allclose(arms["loop"](), arms["vmap"](), atol=1e-5)
+        times = {n: [] for n in arms}
+        for _ in range(repeats):
+            for n, f in arms.items():
+                start = time.perf_counter()
+                f()
+                times[n].append(time.perf_counter() - start)
+        med = {n: statistics.median(v) * 1e3 for n, v in times.items()}
+        print(f"{past:2d} past tasks: loop {med['loop']:.2f} ms, vmap {med['vmap']:.2f} ms")
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--steps", type=int, default=40)
+    p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--tasks", type=int, nargs="+", default=list(TASKS))
+    p.add_argument("--grad-pass", action="store_true", help="only time GEM's gradient pass")
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    stream = make_stream()
+    if args.grad_pass:
+        with threadpool_limits(1, user_api="blas"):
+            return grad_pass(stream)
+    rows = []
+    with threadpool_limits(1, user_api="blas"):
+        for k in args.tasks:
+            r = {}
+            for arm in ("naive", "gem", "agem"):
+                r[f"cl {arm}"] = time_cl(stream, k, arm, args.steps, args.warmup) * 1e3
+                r[f"av {arm}"] = time_avalanche(stream, k, arm, args.steps, args.warmup) * 1e3
+            rows.append((k, r))
+            print(f"task {k}: " + ", ".join(f"{a} {v:.2f}" for a, v in r.items()), flush=True)
+    print(f"\nms/step (median of {args.steps}), torch threads {args.threads}, BLAS threads 1")
+    head = ("task", "cl naive", "cl GEM", "cl A-GEM", "av Naive", "av GEM", "av AGEM")
+    print(" | ".join(f"{h:>8}" for h in head) + " | av GEM/cl GEM | cl A-GEM/cl naive")
+    for k, r in rows:
+        vals = [r["cl naive"], r["cl gem"], r["cl agem"], r["av naive"], r["av gem"], r["av agem"]]
+        print(
+            f"{k:>8} | "
+            + " | ".join(f"{v:8.2f}" for v in vals)
+            + f" | {r['av gem'] / r['cl gem']:13.2f} | {r['cl agem'] / r['cl naive']:17.2f}"
+        )
+
+
+if __name__ == "__main__":
+    main()
