@@ -70,6 +70,7 @@ from cl.context import Context
 from cl.data import load_source
 from cl.environment import seed_everything
 from cl.models import build_model
+from cl.monitor import Monitor
 from cl.runner import make_optimizer, run_stream
 from cl.store import LocalStore
 from cl.streams import Stream, build_stream
@@ -96,6 +97,7 @@ OVERRIDES = [
     "run.device=cpu",
     "run.progress=false",
     "seed=0",
+    "plasticity.every=0",  # the probe is not part of this workload (bench/metrics_overhead.py)
 ]
 CL_TARGET = 1.15  # cl loop / bare loop, at most
 AVALANCHE_TARGET = 10.0  # Avalanche / cl loop, at least
@@ -158,7 +160,8 @@ def run_cl(
         if profile is not None:
             profile.enable()
         start = time.perf_counter()
-        record = run_stream(cfg, ctx, strategies, store.log)
+        monitor = Monitor(cfg, ctx)
+        record = run_stream(cfg, ctx, strategies, monitor, store.log)
         wall = time.perf_counter() - start
         if profile is not None:
             profile.disable()
@@ -168,7 +171,7 @@ def run_cl(
     samples = sum(
         size for row in record.accs for size, a in zip(sizes, row, strict=True) if not math.isnan(a)
     )
-    return ArmResult(wall, record.iterations, len(record.accs), samples, record.accs[-1])
+    return ArmResult(wall, ctx.iteration, len(record.accs), samples, record.accs[-1])
 
 
 def run_bare(cfg: RunConfig, stream: Stream) -> ArmResult:
