@@ -23,12 +23,12 @@ test: setup
 	$(PY) -m pytest -q $(PYTEST_ARGS); rc=$$?; if [ $$rc -eq 5 ]; then exit 0; fi; exit $$rc
 
 lint: setup
-	$(VENV)/bin/ruff check cl strategies tests bench
-	$(VENV)/bin/ruff format --check cl strategies tests bench
+	$(VENV)/bin/ruff check cl strategies tests bench experiments
+	$(VENV)/bin/ruff format --check cl strategies tests bench experiments
 
 format: setup
-	$(VENV)/bin/ruff format cl strategies tests bench
-	$(VENV)/bin/ruff check --fix cl strategies tests bench
+	$(VENV)/bin/ruff format cl strategies tests bench experiments
+	$(VENV)/bin/ruff check --fix cl strategies tests bench experiments
 
 bench: setup
 	$(PY) bench/continual_eval.py

@@ -14,8 +14,11 @@ data, the same samples for cl and Avalanche) and `--steps` steps are run on task
   `before_training_iteration` callbacks (so data loading and every callback count).
 
 Both run with NumPy's BLAS limited to one thread (threadpoolctl, `user_api="blas"`) and torch
-on `--threads` threads (default 1: the VM has 2 shared cores). The table gives the median
-ms/step after `--warmup` steps, and ratios. Run: `.venv/bin/python bench/strategy_step.py`.
+on each of `--threads` (default 1 and 2: the VM has 2 cores). The arms take turns within each of
+`--rounds` rounds, so a slow spell of the shared machine hits them alike; the table gives the
+median over rounds of the median ms/step after `--warmup` steps, and the median of per-round
+ratios. `cl A-GEM64` is A-GEM with Avalanche's default sample_size 64.
+Run: `.venv/bin/python bench/strategy_step.py` (`--grad-pass` times GEM's memory pass alone).
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ from cl.runner import train_step
 from cl.streams import build_stream
 from strategies.agem import AGEM
 from strategies.gem import GEM
+from strategies.task_grads import rows, task_gradients
 
 TASKS = (2, 5, 10, 20)
 MEM, BATCH, LR = 256, 10, 0.1
@@ -74,15 +78,13 @@ def time_cl(stream, k, arm, steps, warmup):
     ctx.generator = torch.Generator().manual_seed(0)
     strategies = []
     if arm != "naive":
-        s = GEM(MEM, 0.5) if arm == "gem" else AGEM(MEM, 256)
-        for t, (x, y) in enumerate(memories(stream, k)):
-            if arm == "gem":
-                s.x.append(x), s.y.append(y), s.task.append(t)
-            else:
-                tt = torch.full_like(y, t)
-                s.x = x if s.x is None else torch.cat([s.x, x])
-                s.y = y if s.y is None else torch.cat([s.y, y])
-                s.task = tt if s.task is None else torch.cat([s.task, tt])
+        s = GEM(MEM, 0.5) if arm == "gem" else AGEM(MEM, 64 if arm == "agem64" else 256)
+        mem = memories(stream, k)
+        s.x, s.y = torch.cat([x for x, _ in mem]), torch.cat([y for _, y in mem])
+        if isinstance(s, GEM):
+            s.sizes, s.task = [len(y) for _, y in mem], list(range(k - 1))
+        else:
+            s.task = torch.cat([torch.full_like(y, t) for t, (_, y) in enumerate(mem)])
         strategies = [s]
     e = stream.experiences[k - 1]
     times = []
@@ -152,71 +154,94 @@ def time_avalanche(stream, k, arm, steps, warmup):
 
 
 def grad_pass(stream, repeats=15):
-    """GEM's memory-gradient pass at 1/4/9/19 past tasks: cl's loop vs a vmapped batch."""
-    from torch.func import functional_call, grad, vmap
+    """GEM's memory-gradient pass at 1/4/9/19 past tasks: one pass per task vs cl's one pass."""
     from torch.nn import functional as F
 
     net = model()
-    ctx = Context(net, None, stream, torch.device("cpu"))
-    params = {k: p.detach() for k, p in net.named_parameters()}
+    params = list(net.parameters())
 
-    def loss(p, x, y):
-        return F.cross_entropy(functional_call(net, p, (x,)), y)
+    def per_task(mem):
+        rows = []
+        for x, y in mem:
+            gs = torch.autograd.grad(F.cross_entropy(net(x), y), params)
+            rows.append(torch.cat([g.flatten() for g in gs]))
+        return torch.stack(rows)
 
     for past in (1, 4, 9, 19):
-        gem = GEM(MEM)
-        for t, (x, y) in enumerate(memories(stream, past + 1)):
-            gem.x.append(x), gem.y.append(y), gem.task.append(t)
-        xs, ys = torch.stack(gem.x), torch.stack(gem.y)
-
-        def batched(xs=xs, ys=ys):
-            g = vmap(grad(loss), in_dims=(None, 0, 0))(params, xs, ys)
-            return torch.cat([g[k].reshape(len(xs), -1) for k in params], dim=1)
-
-        arms = {"loop": lambda gem=gem: gem.memory_grads(ctx), "vmap": batched}
-        assert torch.allclose(arms["loop"](), arms["vmap"](), atol=1e-5)
+        mem = memories(stream, past + 1)
+        x, y, sizes = torch.cat([x for x, _ in mem]), torch.cat([y for _, y in mem]), [MEM] * past
+        arms = {
+            "per-task passes": lambda mem=mem: per_task(mem),
+            "one pass": lambda x=x, y=y, s=sizes: rows(
+                task_gradients(net, x, y, s, range(len(s)), lambda out, task: out)
+            ),
+        }
+        first, second = (f() for f in arms.values())
+        assert torch.allclose(first, second, atol=1e-5)
         times = {n: [] for n in arms}
         for _ in range(repeats):
             for n, f in arms.items():
                 start = time.perf_counter()
                 f()
                 times[n].append(time.perf_counter() - start)
-        med = {n: statistics.median(v) * 1e3 for n, v in times.items()}
-        print(f"{past:2d} past tasks: loop {med['loop']:.2f} ms, vmap {med['vmap']:.2f} ms")
+        med = ", ".join(f"{n} {statistics.median(v) * 1e3:.2f} ms" for n, v in times.items())
+        print(f"{past:2d} past tasks: {med}")
+
+
+ARMS = ("cl naive", "av naive", "cl gem", "av gem", "cl agem", "av agem", "cl agem64")
+
+
+def measure(stream, k, args):
+    """{arm: [ms/step per round]}; the arms take turns within each round."""
+    times = {arm: [] for arm in ARMS}
+    for _ in range(args.rounds):
+        for arm in ARMS:
+            side, name = arm.split()
+            timer = time_cl if side == "cl" else time_avalanche
+            times[arm].append(timer(stream, k, name, args.steps, args.warmup) * 1e3)
+    return times
 
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--steps", type=int, default=40)
     p.add_argument("--warmup", type=int, default=5)
-    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     p.add_argument("--tasks", type=int, nargs="+", default=list(TASKS))
     p.add_argument("--grad-pass", action="store_true", help="only time GEM's gradient pass")
     args = p.parse_args()
-    torch.set_num_threads(args.threads)
     stream = make_stream()
-    if args.grad_pass:
+    for threads in args.threads:
+        torch.set_num_threads(threads)
         with threadpool_limits(1, user_api="blas"):
-            return grad_pass(stream)
-    rows = []
-    with threadpool_limits(1, user_api="blas"):
-        for k in args.tasks:
-            r = {}
-            for arm in ("naive", "gem", "agem"):
-                r[f"cl {arm}"] = time_cl(stream, k, arm, args.steps, args.warmup) * 1e3
-                r[f"av {arm}"] = time_avalanche(stream, k, arm, args.steps, args.warmup) * 1e3
-            rows.append((k, r))
-            print(f"task {k}: " + ", ".join(f"{a} {v:.2f}" for a, v in r.items()), flush=True)
-    print(f"\nms/step (median of {args.steps}), torch threads {args.threads}, BLAS threads 1")
-    head = ("task", "cl naive", "cl GEM", "cl A-GEM", "av Naive", "av GEM", "av AGEM")
-    print(" | ".join(f"{h:>8}" for h in head) + " | av GEM/cl GEM | cl A-GEM/cl naive")
-    for k, r in rows:
-        vals = [r["cl naive"], r["cl gem"], r["cl agem"], r["av naive"], r["av gem"], r["av agem"]]
+            if args.grad_pass:
+                print(f"torch threads {threads}")
+                grad_pass(stream)
+                continue
+            rows = [(k, measure(stream, k, args)) for k in args.tasks]
+        med = statistics.median
         print(
-            f"{k:>8} | "
-            + " | ".join(f"{v:8.2f}" for v in vals)
-            + f" | {r['av gem'] / r['cl gem']:13.2f} | {r['cl agem'] / r['cl naive']:17.2f}"
+            f"\nms/step: median over {args.rounds} rounds of the median of {args.steps} steps; "
+            f"torch threads {threads}, BLAS threads 1. Ratios: median of per-round ratios."
         )
+        head = ("task", "cl naive", "cl GEM", "cl A-GEM", "av Naive", "av GEM", "av AGEM")
+        print(" | ".join(f"{h:>8}" for h in head), end="")
+        print(" | cl A-GEM64 | av GEM/cl GEM | cl A-GEM/cl naive | cl A-GEM64/cl naive")
+        for k, t in rows:
+            arms = ("cl naive", "cl gem", "cl agem", "av naive", "av gem", "av agem", "cl agem64")
+            vals = [med(t[a]) for a in arms]
+            ratio = lambda a, b, t=t: statistics.median(  # noqa: E731
+                [x / y for x, y in zip(t[a], t[b], strict=True)]
+            )
+            print(
+                f"{k:>8} | "
+                + " | ".join(f"{v:8.2f}" for v in vals[:6])
+                + f" | {vals[6]:10.2f} | {ratio('av gem', 'cl gem'):13.2f}"
+                + f" | {ratio('cl agem', 'cl naive'):17.2f}"
+                + f" | {ratio('cl agem64', 'cl naive'):19.2f}",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

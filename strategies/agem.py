@@ -1,7 +1,7 @@
 """A-GEM: Averaged Gradient Episodic Memory.
 
 Chaudhry, Ranzato, Rohrbach & Elhoseiny, "Efficient Lifelong Learning with A-GEM", ICLR 2019
-(arXiv 1812.00420).
+(arXiv 1812.00420); official code `facebookresearch/agem`.
 """
 
 from __future__ import annotations
@@ -13,11 +13,10 @@ from torch.nn import functional as F
 
 from cl.context import Context
 from strategies.base import Strategy
-from strategies.gem import flat_grad, flatten, write_grad
 
 
 def project(g: torch.Tensor, g_ref: torch.Tensor) -> torch.Tensor:
-    """g if g.g_ref >= 0, else g - (g.g_ref / g_ref.g_ref) g_ref."""
+    """g if g.g_ref >= 0, else g - (g.g_ref / g_ref.g_ref) g_ref (flat vectors)."""
     dot = g @ g_ref
     if dot >= 0:
         return g
@@ -28,13 +27,14 @@ class AGEM(Strategy):
     """A-GEM (Chaudhry et al., ICLR 2019).
 
     Memory: after each experience, `patterns_per_exp` random samples of it.
-    Every step: g_ref = grad of the mean CE on `sample_size` samples drawn uniformly (with
-    replacement) from the union of all memories, logits masked to each sample's task classes in
+    Every step: g_ref = grad of the mean CE on `sample_size` samples drawn uniformly without
+    replacement from the union of all memories (all of them if fewer; the official code's
+    `np.random.choice(..., replace=False)`), logits masked to each sample's task classes in
     task-incremental streams, at the current parameters. Projection, closed form, on device:
         g~ = g                                        if g . g_ref >= 0
         g~ = g - (g . g_ref / g_ref . g_ref) g_ref    otherwise.
     Cost: one extra forward/backward of `sample_size` samples and two dot products.
-    (Avalanche's default `sample_size` is 64; 256 here, as the 256-per-task GEM setting.)
+    (Avalanche's default `sample_size` is 64; 256 here, the official MNIST/CIFAR setting.)
     """
 
     name = "agem"
@@ -51,22 +51,27 @@ class AGEM(Strategy):
         self.y: torch.Tensor | None = None
         self.task: torch.Tensor | None = None
 
-    def reference_grad(self, ctx: Context) -> torch.Tensor:
-        idx = torch.randint(len(self.y), (self.sample_size,), generator=ctx.generator)
-        idx = idx.to(self.y.device)
-        logits = ctx.logits(ctx.model(self.x[idx]), self.task[idx])
+    def reference_grads(self, ctx: Context) -> list[torch.Tensor]:
+        """g_ref, one tensor per parameter (zeros for parameters the loss does not reach)."""
+        n = len(self.y)
+        idx = torch.randperm(n, generator=ctx.generator)[: self.sample_size].to(self.y.device)
+        logits = ctx.logits(ctx.model(self.x.index_select(0, idx)), self.task[idx])
         params = list(ctx.model.parameters())
         gs = torch.autograd.grad(F.cross_entropy(logits, self.y[idx]), params, allow_unused=True)
-        return flatten(params, gs)
+        return [torch.zeros_like(p) if g is None else g for p, g in zip(params, gs, strict=True)]
 
     def after_backward(self, ctx: Context) -> None:
         if self.y is None:
             return
-        g_ref = self.reference_grad(ctx)
-        g = flat_grad(ctx.model)
-        projected = project(g, g_ref)
+        refs = self.reference_grads(ctx)
+        params = list(ctx.model.parameters())
+        grads = [torch.zeros_like(p) if p.grad is None else p.grad for p in params]
+        g = torch.cat([t.flatten() for t in grads])
+        projected = project(g, torch.cat([r.flatten() for r in refs]))
         if projected is not g:
-            write_grad(ctx.model, projected)
+            chunks = projected.split([p.numel() for p in params])
+            for p, chunk in zip(params, chunks, strict=True):
+                p.grad = chunk.view_as(p)
 
     def after_experience(self, ctx: Context) -> None:
         e = ctx.stream.experiences[ctx.experience]

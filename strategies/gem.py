@@ -10,30 +10,10 @@ import functools
 from typing import Any
 
 import torch
-from torch.nn import functional as F
 
 from cl.context import Context
 from strategies.base import Strategy
-
-
-def flatten(params: list[torch.Tensor], grads) -> torch.Tensor:
-    """Gradients `grads` of `params` as one vector (zeros where a gradient is None)."""
-    pairs = zip(params, grads, strict=True)
-    return torch.cat([(torch.zeros_like(p) if g is None else g).reshape(-1) for p, g in pairs])
-
-
-def flat_grad(model: torch.nn.Module) -> torch.Tensor:
-    """The current `.grad` of every parameter, flattened in `parameters()` order."""
-    params = list(model.parameters())
-    return flatten(params, [p.grad for p in params])
-
-
-def write_grad(model: torch.nn.Module, flat: torch.Tensor) -> None:
-    i = 0
-    for p in model.parameters():
-        n = p.numel()
-        p.grad = flat[i : i + n].view_as(p).clone()
-        i += n
+from strategies.task_grads import task_gradients
 
 
 @functools.cache
@@ -44,26 +24,28 @@ def blas_controller():
     return ThreadpoolController()
 
 
-def solve_dual(G, g, margin: float, eps: float = 1e-3, Gg=None) -> torch.Tensor:
-    """GEM's dual QP, as the official `project2cone2`; returns g~ = G^T v* + g.
+def dual_weights(P: torch.Tensor, Gg: torch.Tensor, margin: float, eps: float = 1e-3):
+    """v* of GEM's dual QP, as the official `project2cone2`, from P = G G^T and G g.
 
-    min_v 1/2 v^T (G G^T + eps I) v + (G g)^T v  s.t.  v >= margin.
-    The algebra runs in torch, in G's dtype (the official code casts G to float64 first; G G^T
-    in float32 took 2.4 ms vs 10.2 ms at 19 x 89,610, and eps = 1e-3 dwarfs its rounding); the
-    small (t x t) problem is solved in float64 by quadprog inside a single-BLAS-thread limit, so
-    NumPy's threads do not fight torch's. `Gg` may pass G g if already computed.
+    min_v 1/2 v^T (P + eps I) v + (G g)^T v  s.t.  v >= margin, solved in float64 by quadprog
+    inside a one-thread BLAS limit, so NumPy's threads do not fight torch's.
     """
     import numpy as np
     import quadprog
 
-    P = (G @ G.T).double()
-    P = 0.5 * (P + P.T) + eps * torch.eye(len(G), dtype=P.dtype, device=P.device)
-    q = -(G @ g if Gg is None else Gg).double()
-    t = len(G)
+    P = P.double()
+    P = 0.5 * (P + P.T) + eps * torch.eye(len(P), dtype=P.dtype, device=P.device)
+    t = len(P)
     with blas_controller().limit(limits=1, user_api="blas"):
-        v = quadprog.solve_qp(P.cpu().numpy(), q.cpu().numpy(), np.eye(t), np.full(t, margin))[0]
-    v = torch.as_tensor(v, dtype=G.dtype, device=G.device)
-    return v @ G + g
+        v = quadprog.solve_qp(
+            P.cpu().numpy(), -Gg.double().cpu().numpy(), np.eye(t), np.full(t, margin)
+        )[0]
+    return torch.as_tensor(v, dtype=Gg.dtype, device=Gg.device)
+
+
+def solve_dual(G: torch.Tensor, g: torch.Tensor, margin: float, eps: float = 1e-3):
+    """The projected gradient g~ = G^T v* + g for rows G and gradient g (flat vectors)."""
+    return dual_weights(G @ G.T, G @ g, margin, eps) @ G + g
 
 
 class GEM(Strategy):
@@ -79,13 +61,10 @@ class GEM(Strategy):
     lower bound on every dual variable: when the QP fires, each past task's gradient is added
     with weight >= gamma, violated or not. It is not a primal margin <g~, g_k> >= gamma.
 
-    Memory gradients: a Python loop of one forward/backward per past task (whole memory, train
-    mode). Measured against one vmapped `torch.func.grad` over all tasks (inputs (t, m, ...)) on
-    the 20-task permuted-MNIST MLP, 256 memories per task, one torch thread, medians of 15
-    interleaved calls (`bench/strategy_step.py --grad-pass`, loaded 2-core VM), at 1 / 4 / 9 /
-    19 past tasks: loop 2.8 / 10.9 / 18.1 / 36.1 ms vs batched 5.4 / 11.3 / 16.4 / 32.7 ms (a
-    rerun: 2.0 / 8.3 / 25.7 / 45.6 vs 3.7 / 8.6 / 22.2 / 39.7). Same FLOPs: batching saves at
-    most ~10% late and costs ~2.5 ms of overhead early, so the simpler loop is kept.
+    The memory gradients come from one pass over all memories for all-Linear models, else one
+    pass per task (`strategies/task_grads.py`). G stays in per-parameter blocks: G g, G G^T
+    (float32, then float64 for the QP; the official code casts G to float64 first, and eps =
+    1e-3 dwarfs the rounding) and G^T v are sums over blocks, with no flat copies.
     """
 
     name = "gem"
@@ -97,41 +76,41 @@ class GEM(Strategy):
             raise ValueError(f"gem memory_strength must be >= 0, got {memory_strength}")
         self.patterns_per_exp = patterns_per_exp
         self.memory_strength = memory_strength
-        self.x: list[torch.Tensor] = []  # one tensor of memories per past experience
-        self.y: list[torch.Tensor] = []
-        self.task: list[int] = []
+        self.x: torch.Tensor | None = None  # all memories, task after task
+        self.y: torch.Tensor | None = None
+        self.sizes: list[int] = []  # memories per past task
+        self.task: list[int] = []  # experience index of each past task
 
-    def memory_grads(self, ctx: Context) -> torch.Tensor:
-        """G: (number of past tasks, number of parameters), at the current parameters."""
-        params = list(ctx.model.parameters())
-        rows = []
-        for x, y, k in zip(self.x, self.y, self.task, strict=True):
-            logits = ctx.model(x)
-            if ctx.class_mask is not None:
-                logits = logits.masked_fill(~ctx.class_mask[k], float("-inf"))
-            gs = torch.autograd.grad(F.cross_entropy(logits, y), params, allow_unused=True)
-            rows.append(flatten(params, gs))
-        return torch.stack(rows)
+    def memory_grads(self, ctx: Context) -> list[torch.Tensor]:
+        """Per parameter, (past tasks, *shape): row k = grad of task k's mean memory loss."""
+        return task_gradients(ctx.model, self.x, self.y, self.sizes, self.task, ctx.logits)
 
     def after_backward(self, ctx: Context) -> None:
-        if not self.x:
+        if not self.sizes:
             return
-        G = self.memory_grads(ctx)
-        g = flat_grad(ctx.model)
-        Gg = G @ g
-        if (Gg < 0).any():
-            write_grad(ctx.model, solve_dual(G, g, self.memory_strength, Gg=Gg))
+        params = list(ctx.model.parameters())
+        grads = [torch.zeros_like(p) if p.grad is None else p.grad for p in params]
+        blocks = [b.flatten(1) for b in self.memory_grads(ctx)]
+        Gg = sum(b @ g.flatten() for b, g in zip(blocks, grads, strict=True))
+        if not (Gg < 0).any():
+            return
+        v = dual_weights(sum(b @ b.T for b in blocks), Gg, self.memory_strength)
+        for p, b, g in zip(params, blocks, grads, strict=True):
+            p.grad = g.add_((v @ b).view_as(g))
 
     def after_experience(self, ctx: Context) -> None:
         e = ctx.stream.experiences[ctx.experience]
         idx = torch.randperm(len(e.y), generator=ctx.generator)[: self.patterns_per_exp]
         idx = idx.to(e.y.device)
-        self.x.append(e.x[idx].clone())
-        self.y.append(e.y[idx].clone())
+        x, y = e.x[idx], e.y[idx]
+        self.x = x.clone() if self.x is None else torch.cat([self.x, x])
+        self.y = y.clone() if self.y is None else torch.cat([self.y, y])
+        self.sizes.append(len(idx))
         self.task.append(e.index)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"x": list(self.x), "y": list(self.y), "task": list(self.task)}
+        return {"x": self.x, "y": self.y, "sizes": list(self.sizes), "task": list(self.task)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.x, self.y, self.task = list(state["x"]), list(state["y"]), list(state["task"])
+        self.x, self.y = state["x"], state["y"]
+        self.sizes, self.task = list(state["sizes"]), list(state["task"])

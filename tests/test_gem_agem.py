@@ -8,7 +8,12 @@ from scipy.optimize import minimize
 import cl
 from cl.models import MLP
 from strategies.agem import AGEM, project
-from strategies.gem import GEM, flat_grad, solve_dual
+from strategies.gem import GEM, solve_dual
+from strategies.task_grads import linear_only, rows
+
+
+def flat_grad(model):
+    return torch.cat([p.grad.flatten() for p in model.parameters()])
 
 
 @pytest.fixture(autouse=True)
@@ -66,12 +71,12 @@ def test_gem_margin_is_a_lower_bound_on_the_dual_variables(seed):
     assert (G @ z).min() > 0
 
 
-def memories(gem, n_tasks, n=32, seed=0):
+def memories(gem, n_tasks, n=32, seed=0, sizes=None):
     gen = torch.Generator().manual_seed(seed)
-    for k in range(n_tasks):
-        gem.x.append(torch.rand(n, 1, 5, 5, generator=gen))
-        gem.y.append(torch.randint(6, (n,), generator=gen))
-        gem.task.append(k)
+    gem.sizes = list(sizes or [n] * n_tasks)
+    gem.x = torch.rand(sum(gem.sizes), 1, 5, 5, generator=gen)
+    gem.y = torch.randint(6, (len(gem.x),), generator=gen)
+    gem.task = list(range(n_tasks))
 
 
 class Ctx:
@@ -84,31 +89,34 @@ class Ctx:
         return output.masked_fill(~self.class_mask[task], float("-inf"))
 
 
+@pytest.mark.parametrize("layer_norm", [False, True])  # one pass for all tasks / one per task
+@pytest.mark.parametrize("sizes", [[32, 32, 32], [32, 7, 20]])
 @pytest.mark.parametrize("task_incremental", [False, True])
-def test_gem_memory_gradients_are_per_task_mean_loss_gradients(task_incremental):
+def test_gem_memory_gradients_are_per_task_mean_loss_gradients(task_incremental, sizes, layer_norm):
     torch.manual_seed(0)
-    model = MLP(25, [16], 6)
+    model = MLP(25, [16, 12], 6, layer_norm=layer_norm)
+    assert linear_only(model) is not layer_norm
     mask = None
+    gem = GEM()
+    memories(gem, 3, sizes=sizes)
+    task = torch.repeat_interleave(torch.arange(3), torch.tensor(sizes))
     if task_incremental:
         mask = torch.zeros(3, 6, dtype=torch.bool)
         for k in range(3):
             mask[k, 2 * k : 2 * k + 2] = True
-    gem = GEM()
-    memories(gem, 3)
-    if mask is not None:  # labels inside each task's classes
-        gem.y = [2 * k + (y % 2) for k, y in enumerate(gem.y)]
-    G = gem.memory_grads(Ctx(model, mask))
+        gem.y = 2 * task + gem.y % 2  # labels inside each task's classes
+    G = rows(gem.memory_grads(Ctx(model, mask)))
     assert G.shape == (3, sum(p.numel() for p in model.parameters()))
     for k in range(3):  # reference: .backward() of task k's mean loss, masked to its classes
         model.zero_grad()
-        out = model(gem.x[k])
+        out = model(gem.x[task == k])
         if mask is not None:
             out = out.masked_fill(~mask[k], float("-inf"))
-        torch.nn.functional.cross_entropy(out, gem.y[k]).backward()
+        torch.nn.functional.cross_entropy(out, gem.y[task == k]).backward()
         assert torch.allclose(G[k], flat_grad(model), atol=1e-6)
     if mask is not None:  # task k's gradient reaches only its own head rows
         w = model.head.weight.numel()
-        head_w = G[:, -w - 6 : -6].reshape(3, 6, 16).abs().sum(2)
+        head_w = G[:, -w - 6 : -6].reshape(3, 6, 12).abs().sum(2)
         assert torch.equal(head_w > 0, mask)
 
 
@@ -118,7 +126,7 @@ def test_gem_after_backward_projects_onto_all_memory_constraints():
     gem = GEM(memory_strength=0.0)
     memories(gem, 3)
     ctx = Ctx(model)
-    G = gem.memory_grads(ctx)
+    G = rows(gem.memory_grads(ctx))
     for p in model.parameters():  # a current gradient opposed to past task 0
         p.grad = torch.zeros_like(p)
     start = 0
@@ -142,7 +150,7 @@ def test_gem_state_dict_round_trip():
     a, b = GEM(), GEM()
     memories(a, 2)
     b.load_state_dict(a.state_dict())
-    assert b.task == [0, 1] and all(torch.equal(u, v) for u, v in zip(a.x, b.x, strict=True))
+    assert b.task == [0, 1] and b.sizes == [32, 32] and torch.equal(a.x, b.x)
 
 
 def test_agem_closed_form_projection():
@@ -176,3 +184,27 @@ def test_gem_forgets_less_than_naive_on_permuted_mnist(fast):
     gem = cl.run(fast + PMNIST + ["strategy=gem", "strategy.gem.patterns_per_exp=64"], quiet=True)
     assert gem.summary["bwt"] > naive["bwt"] + 0.15
     assert gem.summary["acc"] > naive["acc"] + 0.1
+
+
+class Twice(torch.nn.Module):
+    """One Linear applied twice: the one-pass path must detect it and take per-task passes."""
+
+    def __init__(self):
+        super().__init__()
+        self.inner, self.head = torch.nn.Linear(25, 25), torch.nn.Linear(25, 6)
+
+    def forward(self, x):
+        return self.head(torch.relu(self.inner(torch.relu(self.inner(x.flatten(1))))))
+
+
+def test_gem_memory_gradients_of_a_reused_layer():
+    torch.manual_seed(0)
+    model, gem = Twice(), GEM()
+    memories(gem, 2, sizes=[16, 16])
+    assert linear_only(model)
+    G = rows(gem.memory_grads(Ctx(model)))
+    for k in range(2):
+        model.zero_grad()
+        sl = slice(16 * k, 16 * k + 16)
+        torch.nn.functional.cross_entropy(model(gem.x[sl]), gem.y[sl]).backward()
+        assert torch.allclose(G[k], flat_grad(model), atol=1e-6)
