@@ -208,8 +208,9 @@ class StreamingMetrics:
             self.min_acc[i] = min(self.min_acc.get(i, math.inf), accs[i])
         for i in range(min(experience + 1, len(accs))):
             past = self.history.setdefault(i, deque(maxlen=max(self.windows, default=2) - 1))
+            hist = list(past)
             for w in self.windows:
-                prior = list(past)[-(w - 1) :] if w > 1 else []
+                prior = hist[-(w - 1) :] if w > 1 else []
                 if prior:
                     self.wf[w, i] = max(self.wf.get((w, i), 0.0), max(prior) - accs[i])
                     self.wp[w, i] = max(self.wp.get((w, i), 0.0), accs[i] - min(prior))

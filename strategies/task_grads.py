@@ -16,6 +16,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from cl.evaluation import per_sample_ce
+
 # (logits, task id per sample) -> logits restricted to each sample's task (Context.logits)
 MaskFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -33,13 +35,6 @@ def linear_only(model: nn.Module) -> bool:
         if not isinstance(m, nn.Linear) and any(True for _ in m.parameters(recurse=False)):
             return False
     return True
-
-
-def weighted_ce(logits: torch.Tensor, y: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """sum_i weight_i CE(logits_i, y_i). log_softmax runs over dim 0 of the transposed logits:
-    torch's CPU kernel over a short last dim (10 classes) is ~10x slower at 5k rows."""
-    logp = torch.log_softmax(logits.t(), dim=0)
-    return -(logp.gather(0, y[None]).squeeze(0) * weight).sum()
 
 
 def task_gradients(
@@ -93,7 +88,7 @@ def _grouped(model, x, y, sizes, task, group, mask) -> list[torch.Tensor] | None
     n = len(sizes)
     weight = 1.0 / torch.tensor(sizes, dtype=out.dtype, device=out.device)[group]
     used = [m for m in linears if m in seen]
-    loss = weighted_ce(mask(out, task), y, weight)
+    loss = (per_sample_ce(mask(out, task), y) * weight).sum()
     deltas = torch.autograd.grad(loss, [seen[m][1] for m in used])
     blocks: dict[int, torch.Tensor] = {}  # id(parameter) -> block
     equal = all(s == sizes[0] for s in sizes)
