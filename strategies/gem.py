@@ -64,7 +64,8 @@ class GEM(Strategy):
     The memory gradients come from one pass over all memories for all-Linear models, else one
     pass per task (`strategies/task_grads.py`). G stays in per-parameter blocks: G g, G G^T
     (float32, then float64 for the QP; the official code casts G to float64 first, and eps =
-    1e-3 dwarfs the rounding) and G^T v are sums over blocks, with no flat copies.
+    1e-3 dwarfs the rounding) and G^T v are sums over blocks, with no flat copies. G G^T is
+    formed only when a constraint is violated.
     """
 
     name = "gem"

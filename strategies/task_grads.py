@@ -1,11 +1,17 @@
 """Gradients of several tasks' mean losses at once, one block per parameter with a row per task.
 
-GEM needs, at every step, the gradient of each past task's mean memory loss. For models whose
-parameters all live in `nn.Linear` layers (each called once, on 2-D inputs; no batch norm) one
-forward and one backward over all memories give them exactly: task k's weight gradient is
-delta_k^T a_k, from the stored layer inputs a and output gradients delta of its own samples,
-formed for all tasks by one batched matrix product per layer. Other models take one
-forward/backward per task.
+GEM needs, at every step, the gradient of each past task's mean memory loss. With two or more
+tasks, for models whose parameters all live in `nn.Linear` layers (each called once, on 2-D
+inputs; no batch norm), one forward and one backward over all memories give them exactly:
+task k's weight gradient is delta_k^T a_k, from the stored layer inputs a and output gradients
+delta of its own samples, formed for all tasks by one batched matrix product per layer. Other
+models, and a single task, take one forward/backward per task.
+
+Measured (`bench/strategy_step.py --grad-pass`, MLP 784-100-100-10, 256 memories per task, 19
+past tasks, one torch thread / two): 37.9 / 23.1 ms in one pass against 53.4 / 39.5 ms for a
+loop of per-task passes. Tried and dropped: a vmapped `torch.func.grad` (about 10% faster than
+the loop), and gathering only the input columns that are non-zero in a task's memories (587 of
+784 on permuted MNIST) before the first layer's products: slower (44.7 vs 37.5 ms).
 """
 
 from __future__ import annotations
@@ -52,7 +58,7 @@ def task_gradients(
     """
     group = torch.repeat_interleave(torch.arange(len(sizes)), torch.tensor(sizes)).to(y.device)
     task = torch.tensor(list(tasks), device=y.device)[group]
-    if linear_only(model):
+    if len(sizes) > 1 and linear_only(model):  # one task: the plain pass has less overhead
         blocks = _grouped(model, x, y, sizes, task, group, mask)
         if blocks is not None:
             return blocks
