@@ -37,7 +37,7 @@ class Progress:
                 unit="it",
                 file=sys.stderr,
                 dynamic_ncols=True,
-                mininterval=0.25,
+                mininterval=0.25 if sys.stderr.isatty() else 10.0,  # logs: a line per 10 s
                 leave=True,
             )
 
