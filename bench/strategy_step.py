@@ -17,7 +17,9 @@ Both run with NumPy's BLAS limited to one thread (threadpoolctl, `user_api="blas
 on each of `--threads` (default 1 and 2: the VM has 2 cores). The arms take turns within each of
 `--rounds` rounds, so a slow spell of the shared machine hits them alike; the table gives the
 median over rounds of the median ms/step after `--warmup` steps, and the median of per-round
-ratios. `cl A-GEM64` is A-GEM with Avalanche's default sample_size 64.
+ratios. `cl A-GEM64` is A-GEM with Avalanche's default sample_size 64; `floor` is a naive step
+plus one 256-sample forward/backward on the memories and nothing else (what any A-GEM with
+sample_size 256 must compute).
 Run: `.venv/bin/python bench/strategy_step.py` (`--grad-pass` times GEM's memory pass alone).
 """
 
@@ -33,6 +35,7 @@ import warnings
 import torch
 from threadpoolctl import threadpool_limits
 from torch import nn
+from torch.nn import functional as F
 
 from cl.config import load
 from cl.context import Batch, Context
@@ -41,6 +44,7 @@ from cl.models import MLP
 from cl.runner import train_step
 from cl.streams import build_stream
 from strategies.agem import AGEM
+from strategies.base import Strategy
 from strategies.gem import GEM
 from strategies.task_grads import rows, task_gradients
 
@@ -70,6 +74,19 @@ def model():
     return MLP(784, [100, 100], 10)
 
 
+class ExtraPass(Strategy):
+    """A-GEM's unavoidable extra work alone: one fwd/bwd of 256 random memory samples per step
+    (gradients discarded, no projection): the floor of an A-GEM step."""
+
+    def __init__(self, x, y):
+        self.x, self.y = x, y
+
+    def after_backward(self, ctx):
+        idx = torch.randperm(len(self.y), generator=ctx.generator)[:256]
+        loss = F.cross_entropy(ctx.model(self.x.index_select(0, idx)), self.y[idx])
+        torch.autograd.grad(loss, list(ctx.model.parameters()))
+
+
 def time_cl(stream, k, arm, steps, warmup):
     net = model()
     opt = torch.optim.SGD(net.parameters(), lr=LR)
@@ -77,7 +94,10 @@ def time_cl(stream, k, arm, steps, warmup):
     ctx.seen_classes = list(range(10))
     ctx.generator = torch.Generator().manual_seed(0)
     strategies = []
-    if arm != "naive":
+    if arm == "floor":
+        mem = memories(stream, k)
+        strategies = [ExtraPass(torch.cat([x for x, _ in mem]), torch.cat([y for _, y in mem]))]
+    elif arm != "naive":
         s = GEM(MEM, 0.5) if arm == "gem" else AGEM(MEM, 64 if arm == "agem64" else 256)
         mem = memories(stream, k)
         s.x, s.y = torch.cat([x for x, _ in mem]), torch.cat([y for _, y in mem])
@@ -155,8 +175,6 @@ def time_avalanche(stream, k, arm, steps, warmup):
 
 def grad_pass(stream, repeats=15):
     """GEM's memory-gradient pass at 1/4/9/19 past tasks: one pass per task vs cl's one pass."""
-    from torch.nn import functional as F
-
     net = model()
     params = list(net.parameters())
 
@@ -188,7 +206,7 @@ def grad_pass(stream, repeats=15):
         print(f"{past:2d} past tasks: {med}")
 
 
-ARMS = ("cl naive", "av naive", "cl gem", "av gem", "cl agem", "av agem", "cl agem64")
+ARMS = ("cl naive", "av naive", "cl gem", "av gem", "cl agem", "av agem", "cl agem64", "cl floor")
 
 
 def measure(stream, k, args):
@@ -227,7 +245,8 @@ def main():
         )
         head = ("task", "cl naive", "cl GEM", "cl A-GEM", "av Naive", "av GEM", "av AGEM")
         print(" | ".join(f"{h:>8}" for h in head), end="")
-        print(" | cl A-GEM64 | av GEM/cl GEM | cl A-GEM/cl naive | cl A-GEM64/cl naive")
+        print(" | cl A-GEM64 | av GEM/cl GEM | cl A-GEM/cl naive | cl A-GEM64/cl naive", end="")
+        print(" | floor/cl naive")
         for k, t in rows:
             arms = ("cl naive", "cl gem", "cl agem", "av naive", "av gem", "av agem", "cl agem64")
             vals = [med(t[a]) for a in arms]
@@ -239,7 +258,8 @@ def main():
                 + " | ".join(f"{v:8.2f}" for v in vals[:6])
                 + f" | {vals[6]:10.2f} | {ratio('av gem', 'cl gem'):13.2f}"
                 + f" | {ratio('cl agem', 'cl naive'):17.2f}"
-                + f" | {ratio('cl agem64', 'cl naive'):19.2f}",
+                + f" | {ratio('cl agem64', 'cl naive'):19.2f}"
+                + f" | {ratio('cl floor', 'cl naive'):14.2f}",
                 flush=True,
             )
 
