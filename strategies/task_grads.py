@@ -111,4 +111,4 @@ def _grouped(model, x, y, sizes, task, group, mask) -> list[torch.Tensor] | None
         if m.bias is not None:
             blocks[id(m.bias)] = bias
     zeros = lambda p: torch.zeros(n, *p.shape, dtype=p.dtype, device=p.device)  # noqa: E731
-    return [blocks.get(id(p)) if id(p) in blocks else zeros(p) for p in model.parameters()]
+    return [blocks[id(p)] if id(p) in blocks else zeros(p) for p in model.parameters()]
