@@ -66,12 +66,11 @@ from torch.nn import functional as F
 import strategies as strategy_mod
 from cl import config as config_mod
 from cl.config import RunConfig
-from cl.context import Context
 from cl.data import load_source
 from cl.environment import seed_everything
 from cl.models import build_model
 from cl.monitor import Monitor
-from cl.runner import make_optimizer, run_stream
+from cl.runner import make_context, run_stream
 from cl.store import LocalStore
 from cl.streams import Stream, build_stream
 
@@ -145,14 +144,7 @@ def run_cl(
     device = torch.device("cpu")
     generator = seed_everything(cfg.seed)
     model = build_model(cfg.model, stream.input_shape, stream.n_classes).to(device)
-    ctx = Context(
-        model=model,
-        optimizer=make_optimizer(cfg, model),
-        stream=stream,
-        device=device,
-        generator=generator,
-        class_mask=stream.class_mask(device) if stream.task_incremental else None,
-    )
+    ctx = make_context(cfg, stream, model, device, generator)
     strategies = strategy_mod.build(cfg.strategy)
     folder.mkdir(parents=True, exist_ok=True)
     store = LocalStore(folder)

@@ -48,7 +48,7 @@ def execute(cfg: RunConfig, plain_config: dict, quiet: bool = False) -> Run:
     from cl.environment import environment, resolve_device, seed_everything
     from cl.models import build_model
     from cl.monitor import Monitor
-    from cl.runner import make_optimizer, run_stream
+    from cl.runner import make_context, run_stream
     from cl.streams import build_stream
 
     start = time.perf_counter()
@@ -67,14 +67,7 @@ def execute(cfg: RunConfig, plain_config: dict, quiet: bool = False) -> Run:
         strategies = strategy_mod.build(cfg.strategy)
     except (TypeError, ValueError) as e:
         raise UserError(f"strategy options: {e}") from None
-    ctx = Context(
-        model=model,
-        optimizer=make_optimizer(cfg, model),
-        stream=stream,
-        device=device,
-        generator=generator,
-        class_mask=stream.class_mask(device) if stream.task_incremental else None,
-    )
+    ctx = make_context(cfg, stream, model, device, generator)
 
     folder = run_folder(cfg)
     (folder / "plots").mkdir(parents=True, exist_ok=True)

@@ -19,6 +19,7 @@ from cl.config import RunConfig
 from cl.context import Batch, Context
 from cl.monitor import Monitor, Record
 from cl.plasticity import gradient_norm
+from cl.streams import Stream
 from strategies.base import Strategy
 
 
@@ -28,6 +29,24 @@ def make_optimizer(cfg: RunConfig, model: torch.nn.Module) -> torch.optim.Optimi
         return torch.optim.Adam(model.parameters(), lr=o.lr, weight_decay=o.weight_decay)
     return torch.optim.SGD(
         model.parameters(), lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay
+    )
+
+
+def make_context(
+    cfg: RunConfig,
+    stream: Stream,
+    model: torch.nn.Module,
+    device: torch.device,
+    generator: torch.Generator | None,
+) -> Context:
+    """The run context for `model` on `stream`: optimizer from `cfg`, task masks if task-aware."""
+    return Context(
+        model=model,
+        optimizer=make_optimizer(cfg, model),
+        stream=stream,
+        device=device,
+        generator=generator,
+        class_mask=stream.class_mask(device) if stream.task_incremental else None,
     )
 
 

@@ -43,11 +43,6 @@ def dual_weights(P: torch.Tensor, Gg: torch.Tensor, margin: float, eps: float = 
     return torch.as_tensor(v, dtype=Gg.dtype, device=Gg.device)
 
 
-def solve_dual(G: torch.Tensor, g: torch.Tensor, margin: float, eps: float = 1e-3):
-    """The projected gradient g~ = G^T v* + g for rows G and gradient g (flat vectors)."""
-    return dual_weights(G @ G.T, G @ g, margin, eps) @ G + g
-
-
 class GEM(Strategy):
     """Gradient Episodic Memory (Lopez-Paz & Ranzato, NeurIPS 2017).
 

@@ -8,8 +8,13 @@ from scipy.optimize import minimize
 import cl
 from cl.models import MLP
 from strategies.agem import AGEM, project
-from strategies.gem import GEM, solve_dual
+from strategies.gem import GEM, dual_weights
 from strategies.task_grads import linear_only, rows
+
+
+def solve_dual(G, g, margin, eps=1e-3):
+    """GEM's projected gradient g~ = G^T v* + g for flat rows G and gradient g."""
+    return dual_weights(G @ G.T, G @ g, margin, eps) @ G + g
 
 
 def flat_grad(model):
@@ -208,3 +213,20 @@ def test_gem_memory_gradients_of_a_reused_layer():
         sl = slice(16 * k, 16 * k + 16)
         torch.nn.functional.cross_entropy(model(gem.x[sl]), gem.y[sl]).backward()
         assert torch.allclose(G[k], flat_grad(model), atol=1e-6)
+
+
+def test_agem_reference_batch_is_drawn_without_replacement():
+    # sample_size >= memory: without replacement the batch is the whole memory, so g_ref is
+    # the full-memory gradient (drawing with replacement would repeat some samples and not
+    # others, and miss it)
+    torch.manual_seed(0)
+    model = MLP(25, [16], 6)
+    agem = AGEM(sample_size=64)
+    agem.x, agem.y = torch.rand(40, 1, 5, 5), torch.randint(6, (40,))
+    agem.task = torch.zeros(40, dtype=torch.long)
+    ctx = Ctx(model)
+    ctx.generator = torch.Generator().manual_seed(0)
+    refs = agem.reference_grads(ctx)
+    model.zero_grad()
+    torch.nn.functional.cross_entropy(model(agem.x), agem.y).backward()
+    assert torch.allclose(torch.cat([r.flatten() for r in refs]), flat_grad(model), atol=1e-6)
