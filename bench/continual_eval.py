@@ -8,7 +8,7 @@ evaluation subsets (200 test digits per task with mnist5k) after every training 
 Arms, each timed on its training + evaluation loop only (data and model are built first):
 
 * ``cl``: ``cl.runner.run_stream`` writing to a ``cl.store.LocalStore`` in a temp folder,
-  assembled from cl's own pieces as ``cl.api.execute`` does. It evaluates the seen tasks
+  assembled from cl's own pieces as ``cl.api.build_state`` does. It evaluates the seen tasks
   after every iteration, and all tasks before training and at the end of each experience.
 * ``bare``: a plain PyTorch loop with the same tensors (taken from the cl stream), the same
   initial weights and the same shuffling generator, so it trains the identical model. After
@@ -63,14 +63,14 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-import strategies as strategy_mod
 from cl import config as config_mod
+from cl import strategy as strategy_mod
 from cl.config import RunConfig
 from cl.data import load_source
 from cl.environment import seed_everything
 from cl.models import build_model
 from cl.monitor import Monitor
-from cl.runner import make_context, run_stream
+from cl.runner import RunState, make_context, run_stream
 from cl.store import LocalStore
 from cl.streams import Stream, build_stream
 
@@ -140,7 +140,7 @@ def make_mlp(seed: int, in_dim: int, hidden: list[int], n_classes: int) -> nn.Se
 def run_cl(
     cfg: RunConfig, stream: Stream, folder: Path, profile: cProfile.Profile | None = None
 ) -> ArmResult:
-    """cl's runner loop with its local metrics store, set up as `cl.api.execute` does."""
+    """cl's runner loop with its local metrics store, set up as `cl.api.build_state` does."""
     device = torch.device("cpu")
     generator = seed_everything(cfg.seed)
     model = build_model(cfg.model, stream.input_shape, stream.n_classes).to(device)
@@ -152,8 +152,10 @@ def run_cl(
         if profile is not None:
             profile.enable()
         start = time.perf_counter()
-        monitor = Monitor(cfg, ctx)
-        record = run_stream(cfg, ctx, strategies, monitor, store.log)
+        state = RunState(cfg, ctx, strategies, Monitor(cfg, ctx))
+        for s in strategies:
+            s.setup(ctx)
+        record = run_stream(state, store.log)
         wall = time.perf_counter() - start
         if profile is not None:
             profile.disable()

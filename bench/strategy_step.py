@@ -42,9 +42,9 @@ from cl.context import Batch, Context
 from cl.data import load_source
 from cl.models import MLP
 from cl.runner import train_step
+from cl.strategy import Strategy
 from cl.streams import build_stream
 from strategies.agem import AGEM
-from strategies.base import Strategy
 from strategies.gem import GEM
 from strategies.task_grads import rows, task_gradients
 

@@ -1,57 +1,53 @@
-"""One run end to end: config -> data -> stream -> model -> strategies -> runner -> outputs."""
+"""One run, started or resumed: build its state, wire the sinks, drive the runner, write the
+outputs. `start` and `resume` differ only in where the state comes from (a fresh build or the
+run folder's checkpoint); both hand it to `_drive`, the only place that wires sinks.
+"""
 
 from __future__ import annotations
 
+import json
+import signal
+import socket
 import time
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 
-import numpy as np
-
-from cl import config as config_mod
+from cl import checkpoint, config, outputs
 from cl.config import RunConfig
 from cl.errors import RunFailed, UserError
-from cl.store import LocalStore, Run, load_run, write_json
-
-
-def run_folder(cfg: RunConfig) -> Path:
-    parent = Path(cfg.run.dir).expanduser()
-    if cfg.run.name:
-        folder = parent / cfg.run.name
-        if (folder / "metrics.jsonl").exists():
-            raise UserError(
-                f"run folder {folder} already holds a run; choose another run.name or run.dir"
-            )
-        return folder
-    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    base = f"{cfg.benchmark.name}-{'+'.join(cfg.strategy)}-s{cfg.seed}-{stamp}"
-    folder, n = parent / base, 1
-    while folder.exists():
-        folder, n = parent / f"{base}-{n}", n + 1
-    return folder
+from cl.interrupt import Interrupted, catch_stops
+from cl.store import (
+    METRICS_FILE,
+    SUMMARY_FILE,
+    LocalStore,
+    Run,
+    create_run_folder,
+    load_run,
+    read_rows,
+    remove_run_folder,
+    truncate_rows,
+    write_json,
+)
 
 
 def run(overrides=(), quiet: bool = False) -> Run:
-    cfg, tree = config_mod.load(list(overrides))
-    return execute(cfg, config_mod.as_plain(tree), quiet=quiet)
+    """Compose and validate a config from `key=value` overrides and start the run."""
+    cfg, tree = config.load(list(overrides))
+    return start(cfg, config.as_plain(tree), quiet=quiet)
 
 
-def execute(cfg: RunConfig, plain_config: dict, quiet: bool = False) -> Run:
-    """Run `cfg`; returns the run folder read back. Raises UserError / RunFailed."""
+def build_state(cfg: RunConfig, ckpt: dict | None = None):
+    """The run state of `cfg`: fresh, or as `ckpt` (a loaded checkpoint) left it."""
     import torch
 
-    import strategies as strategy_mod
-    from cl import plots
-    from cl.console import Progress, summary_table
-    from cl.context import Context
+    from cl import strategy
     from cl.data import load_source
-    from cl.environment import environment, resolve_device, seed_everything
+    from cl.environment import resolve_device, seed_everything
     from cl.models import build_model
     from cl.monitor import Monitor
-    from cl.runner import make_context, run_stream
+    from cl.runner import RunState, make_context
     from cl.streams import build_stream
 
-    start = time.perf_counter()
     device = resolve_device(cfg.run.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UserError(
@@ -63,91 +59,161 @@ def execute(cfg: RunConfig, plain_config: dict, quiet: bool = False) -> Run:
     generator = seed_everything(cfg.seed)
     stream = build_stream(b, data, cfg.seed, cfg.eval.subset).to(device)
     model = build_model(cfg.model, stream.input_shape, stream.n_classes).to(device)
-    try:
-        strategies = strategy_mod.build(cfg.strategy)
-    except (TypeError, ValueError) as e:
-        raise UserError(f"strategy options: {e}") from None
     ctx = make_context(cfg, stream, model, device, generator)
+    state = RunState(cfg, ctx, strategy.build(cfg.strategy), Monitor(cfg, ctx))
+    try:
+        if ckpt is not None:
+            checkpoint.load_strategies(state, ckpt)
+        for s in state.strategies:
+            s.setup(ctx)
+        if ckpt is not None:
+            checkpoint.restore(state, ckpt)
+    except (KeyError, RuntimeError, ValueError, TypeError) as e:
+        if ckpt is None:
+            raise
+        raise UserError(f"the checkpoint does not fit this run's config ({e})") from None
+    return state
 
-    folder = run_folder(cfg)
-    (folder / "plots").mkdir(parents=True, exist_ok=True)
-    (folder / "config.yaml").write_text(
-        config_mod.to_yaml(config_mod.OmegaConf.create(plain_config))
-    )
-    write_json(folder / "environment.json", environment(cfg.seed, device))
-    sinks: list = [LocalStore(folder)]
+
+def start(cfg: RunConfig, plain_config: dict, quiet: bool = False) -> Run:
+    """Start `cfg` in a new run folder; returns the folder read back."""
+    from cl.environment import environment
+    from cl.wandb_sink import new_run_id
+
+    default = f"{cfg.benchmark.name}-{'+'.join(cfg.strategy)}-s{cfg.seed}"
+    folder, made = create_run_folder(cfg.run.dir, cfg.run.name, default)
+    try:
+        state = build_state(cfg)
+        (folder / "plots").mkdir(exist_ok=True)
+        (folder / "config.yaml").write_text(config.to_yaml(config.OmegaConf.create(plain_config)))
+        write_json(folder / "environment.json", environment(cfg.seed, state.ctx.device))
+        return _drive(cfg, plain_config, folder, state, new_run_id(), 0, quiet)
+    except BaseException:
+        metrics = folder / METRICS_FILE
+        if not metrics.is_file() or metrics.stat().st_size == 0:  # failed before its first row
+            remove_run_folder(folder, made)
+        raise
+
+
+def resume(folder: str | Path, overrides=(), quiet: bool = False) -> Run:
+    """Continue the run in `folder` from its last checkpoint, in the same folder."""
+    folder = Path(folder).expanduser()
+    if not (folder / "config.yaml").is_file():
+        raise UserError(f"{folder} is not a cl run folder (no config.yaml)")
+    cfg, tree = config.load_saved(folder / "config.yaml", list(overrides))
+    summary_path = folder / SUMMARY_FILE
+    if summary_path.is_file() and _status(summary_path) == "finished":
+        print(f"run {folder} already finished; nothing to resume")
+        return load_run(folder)
+    from cl.environment import resolve_device
+
+    ckpt = checkpoint.load(folder, resolve_device(cfg.run.device))
+    if ckpt.get("config_sha256") != checkpoint.config_digest(folder):
+        raise UserError(
+            f"{folder}/config.yaml changed after the checkpoint was written; restore it to "
+            "resume (the checkpoint belongs to the config the run started with)"
+        )
+    rows = ckpt["rows"]
+    if not (folder / METRICS_FILE).is_file():
+        raise UserError(f"{folder} has no {METRICS_FILE}; it cannot be resumed")
+    state = build_state(cfg, ckpt)
+    truncate_rows(folder / METRICS_FILE, rows)  # rows after the checkpoint come again
+    summary_path.unlink(missing_ok=True)
+    _note_resume(folder, state.ctx.iteration)
+    if not quiet:
+        print(f"resuming {folder} at iteration {state.ctx.iteration} ({rows} rows kept)")
+    return _drive(cfg, config.as_plain(tree), folder, state, ckpt["wandb_id"], rows, quiet)
+
+
+def _status(path: Path) -> str | None:
+    try:
+        return json.loads(path.read_text()).get("status")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def _note_resume(folder: Path, iteration: int) -> None:
+    """environment.json lists every resume (when, where, from which iteration)."""
+    path = folder / "environment.json"
+    try:
+        env = json.loads(path.read_text())
+    except (OSError, ValueError):
+        env = {}
+    stamp = datetime.now(UTC).isoformat(timespec="seconds")
+    note = {"time": stamp, "host": socket.gethostname(), "iteration": iteration}
+    env.setdefault("resumes", []).append(note)
+    write_json(path, env)
+
+
+def _drive(cfg, plain_config, folder: Path, state, run_id: str, rows: int, quiet: bool) -> Run:
+    """Open the sinks, run the stream from the state's cursor, write the outputs."""
+    from cl.console import Progress, summary_table
+    from cl.runner import run_stream
+
+    began = time.perf_counter()
+    store = LocalStore(folder, rows)
+    sinks: list = [store]
+    wandb = None
     if cfg.wandb.mode != "disabled":
-        from cl.wandb_sink import WandbSink
+        from cl.wandb_sink import WandbSink, rows_held
 
         try:
-            sinks.append(WandbSink(cfg.wandb, folder, folder.name, plain_config))
+            wandb = WandbSink(cfg.wandb, folder, folder.name, plain_config, run_id)
         except Exception as e:  # noqa: BLE001
-            sinks[0].close()
+            store.close()
             raise UserError(
-                f"W&B could not start ({str(e).splitlines()[0]}); set "
-                "wandb.mode=offline or wandb.mode=disabled"
+                f"W&B could not start ({str(e).splitlines()[0] if str(e) else type(e).__name__})"
+                "; check the wandb.* settings, or set wandb.mode=disabled"
             ) from None
+        if rows:
+            held = rows_held(folder / "wandb", run_id)
+            wandb.resume_at(rows, held, lambda: read_rows(store.path))
+        sinks.append(wandb)
 
     def log(row: dict) -> None:
         for s in sinks:
             s.log(row)
 
-    def checkpoint(ctx: Context, strats) -> None:
-        if cfg.run.checkpoint:
-            torch.save(
-                {
-                    "model": ctx.model.state_dict(),
-                    "optimizer": ctx.optimizer.state_dict(),
-                    "strategies": [s.state_dict() for s in strats],
-                    "experience": ctx.experience,
-                    "iteration": ctx.iteration,
-                },
-                folder / "checkpoint.pt",
-            )
-
+    digest = checkpoint.config_digest(folder)
+    saver = checkpoint.Checkpointer(
+        state, folder, lambda: checkpoint.state_dict(state, store.rows, run_id, digest)
+    )
+    if rows:  # resumed: the folder's checkpoint is where this state came from
+        saver.saved_at = state.ctx.iteration
     progress = Progress(cfg.run.progress and not quiet)
-    monitor = Monitor(cfg, ctx)
-    ok, failure = False, None
-    try:
-        run_stream(cfg, ctx, strategies, monitor, log, progress, checkpoint)
-        ok = True
-    except RunFailed as e:
-        failure = str(e)
-    finally:
-        progress.close()
-        summary = {"status": "finished" if ok else "failed"}
-        if failure:
-            summary["error"] = failure
-        summary.update(monitor.summary())
-        summary["n_iterations"] = ctx.iteration
-        summary["n_eval_rows"] = len(monitor.record.accs)
-        summary["wall_time_s"] = round(time.perf_counter() - start, 3)
-        if summary.get("accuracy_matrix"):
-            R = np.array(summary["accuracy_matrix"], dtype=float)
-            np.savetxt(folder / "accuracy_matrix.csv", R, delimiter=",", fmt="%.6f")
-        write_json(folder / "summary.json", summary)
-        for s in sinks:
-            if hasattr(s, "summary"):
-                s.summary(summary)
-        loaded = load_run(folder)
-        if len(loaded.metrics):
-            _plots(plots, loaded, folder, sinks, f"{cfg.benchmark.name} / {'+'.join(cfg.strategy)}")
-        for s in sinks:
-            s.close(ok)
+    status, error, signum = "failed", None, None
+    with catch_stops() as stop:
+
+        def safe_point(boundary: bool) -> None:
+            saver(boundary, stop=stop.signum is not None)
+            if stop.signum is not None:
+                raise Interrupted(stop.signum)
+
+        try:
+            run_stream(state, log, progress, safe_point)
+            status = "finished"
+        except RunFailed as e:
+            error = str(e)
+        except (Interrupted, KeyboardInterrupt) as e:
+            status, signum = "interrupted", getattr(e, "signum", signal.SIGINT)
+        except BaseException as e:
+            error = f"{type(e).__name__}: {e}"
+            raise
+        finally:
+            stop.finishing = True
+            progress.close()
+            summary = outputs.summary(state, status, error, time.perf_counter() - began)
+            if status == "interrupted":
+                summary["checkpoint_iteration"] = saver.saved_at
+                summary["resume"] = f"cl run --resume {folder}"
+            outputs.write(folder, summary, wandb, cfg, finished=status == "finished")
+            code = {"finished": 0, "failed": 1}.get(status, 128 + int(signum or 0))
+            for s in sinks:
+                s.close(code) if s is wandb else s.close()
     if not quiet:
         print(summary_table(summary, f"run {folder}"))
-    if failure:
-        raise RunFailed(failure)
-    return loaded
-
-
-def _plots(plots, loaded: Run, folder: Path, sinks: list, title: str) -> None:
-    curves = plots.accuracy_curves(loaded.metrics, folder / "plots" / "accuracy_curves.png", title)
-    paths = [curves]
-    if loaded.summary.get("accuracy_matrix"):
-        R = np.array(loaded.summary["accuracy_matrix"], dtype=float)
-        paths.append(plots.accuracy_matrix(R, folder / "plots" / "accuracy_matrix.png"))
-    for s in sinks:
-        if hasattr(s, "image"):
-            for p in paths:
-                s.image(f"plots/{p.stem}", p)
+    if status == "interrupted":
+        raise Interrupted(signum, folder, saver.saved_at)
+    if error:
+        raise RunFailed(error)
+    return load_run(folder)

@@ -29,6 +29,8 @@ SOURCES = {
     "cifar100": "torchvision CIFAR-100 under data.root",
 }
 
+SOURCE_CLASSES = {name: 100 if name == "cifar100" else 10 for name in SOURCES}
+
 MODELS = {
     "mlp": Entry(
         "multi-layer perceptron (model.hidden widths, activation, layer_norm)", "", "cl.models:MLP"

@@ -11,6 +11,7 @@ import sys
 
 from cl import __version__
 from cl.errors import RunFailed, UserError
+from cl.interrupt import Interrupted
 
 EPILOG = """examples:
   cl run                                   default: Split-MNIST (mnist5k), MLP, replay
@@ -19,6 +20,7 @@ EPILOG = """examples:
   cl run benchmark=permuted_mnist benchmark.n_tasks=10 train.epochs=1
   cl run benchmark.source=mnist data.root=~/data      full torchvision MNIST
   cl run --print-config optim.lr=0.1                  show the resolved config only
+  cl run --resume runs/split_mnist-replay-s0-...      continue a stopped run
   cl list strategies
 """
 
@@ -44,6 +46,13 @@ def _parser() -> argparse.ArgumentParser:
         help="print the resolved config and exit without running",
     )
     r.add_argument("-q", "--quiet", action="store_true", help="no progress bar or table")
+    r.add_argument(
+        "--resume",
+        metavar="RUN_DIR",
+        help="continue the run in RUN_DIR from its last checkpoint (same folder, same W&B "
+        "run); only run.progress, run.checkpoint*, wandb.mode and wandb.init_timeout may be "
+        "overridden",
+    )
     r.add_argument(
         "overrides",
         nargs="*",
@@ -72,23 +81,39 @@ def _list(what: str) -> None:
         print(f"{name:<16} {entry.description}{paper}")
 
 
+def _run(args) -> None:
+    from cl import config
+
+    if args.resume:
+        from cl.api import resume
+
+        if args.print_config:
+            raise UserError("--print-config and --resume do not go together")
+        resume(args.resume, args.overrides, quiet=args.quiet)
+        return
+    cfg, tree = config.load(args.overrides)
+    if args.print_config:
+        print(config.to_yaml(tree), end="")
+        return
+    from cl.api import start
+
+    start(cfg, config.as_plain(tree), quiet=args.quiet)
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra and args.command == "run" and not any(a.startswith("-") for a in extra):
+        args.overrides += extra  # overrides after an option: `cl run a=1 -q b=2`
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         if args.command == "list":
             _list(args.what)
         elif args.command == "run":
-            from cl import config
-
-            cfg, tree = config.load(args.overrides)
-            if args.print_config:
-                print(config.to_yaml(tree), end="")
-                return 0
-            from cl.api import execute
-
-            execute(cfg, config.as_plain(tree), quiet=args.quiet)
+            _run(args)
         else:
-            _parser().print_help()
+            parser.print_help()
         return 0
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
@@ -96,6 +121,18 @@ def main(argv: list[str] | None = None) -> int:
     except RunFailed as e:
         print(f"run failed: {e}", file=sys.stderr)
         return e.exit_code
+    except Interrupted as e:
+        if e.folder is None:
+            print("interrupted", file=sys.stderr)
+        elif e.checkpoint is None:
+            print(f"interrupted: {e.folder} has no checkpoint to resume from", file=sys.stderr)
+        else:
+            print(
+                f"interrupted after iteration {e.checkpoint} (checkpoint saved); "
+                f"resume with: cl run --resume {e.folder}",
+                file=sys.stderr,
+            )
+        return 128 + e.signum
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

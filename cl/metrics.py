@@ -229,6 +229,20 @@ class StreamingMetrics:
             row[f"sg/wp_{w}"] = sum(self.wp[w, i] for i in range(seen)) / seen
         return row
 
+    def state_dict(self) -> dict:
+        return {
+            "min_acc": dict(self.min_acc),
+            "history": {i: list(d) for i, d in self.history.items()},
+            "wf": dict(self.wf),
+            "wp": dict(self.wp),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        size = max(self.windows, default=2) - 1
+        self.min_acc = dict(state["min_acc"])
+        self.history = {i: deque(v, maxlen=size) for i, v in state["history"].items()}
+        self.wf, self.wp = dict(state["wf"]), dict(state["wp"])
+
 
 # --- the summary -------------------------------------------------------------------------
 

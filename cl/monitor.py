@@ -128,6 +128,48 @@ class Monitor:
         self.boundary_hits = hits
         return out
 
+    def state_dict(self) -> dict:
+        """Everything recorded so far, as tensors and plain data (for checkpoints)."""
+        r, w = self.record, self.window
+        f64 = lambda v: torch.tensor(v, dtype=torch.float64)  # noqa: E731 - exact for floats
+        return {
+            "accs": f64(r.accs).reshape(len(r.accs), self.stream.n_tasks),
+            "experience": list(r.experience),
+            "iteration": list(r.iteration),
+            "online": {k: f64(v) for k, v in r.online.items()},
+            "nfr": list(r.nfr),
+            "plasticity": dict(r.plasticity),
+            "window": {
+                "loss": torch.stack(w["loss"]) if w["loss"] else None,
+                "correct": torch.stack(w["correct"]) if w["correct"] else None,
+                "seen": list(w["seen"]),
+            },
+            "grad_norm": self.grad_norm,
+            "boundary_hits": self.boundary_hits,
+            "iteration_at_row": self.iteration,
+            "streaming": self.streaming.state_dict(),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        w = state["window"]
+        self.record = Record(
+            accs=state["accs"].tolist(),
+            experience=list(state["experience"]),
+            iteration=list(state["iteration"]),
+            online={k: v.tolist() for k, v in state["online"].items()},
+            nfr=list(state["nfr"]),
+            plasticity=dict(state["plasticity"]),
+        )
+        self.window = {
+            "loss": [] if w["loss"] is None else list(w["loss"].unbind()),
+            "correct": [] if w["correct"] is None else list(w["correct"].unbind()),
+            "seen": list(w["seen"]),
+        }
+        self.grad_norm = state["grad_norm"]
+        self.boundary_hits = state["boundary_hits"]
+        self.iteration = state["iteration_at_row"]
+        self.streaming.load_state_dict(state["streaming"])
+
     def summary(self) -> dict:
         """Final values of every metric (those defined on what was recorded so far)."""
         r, m = self.record, self.cfg.metrics

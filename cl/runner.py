@@ -1,5 +1,7 @@
 """The stream runner: trains the model experience after experience, evaluating as it goes.
 
+The run's state (`RunState`: context, strategies, monitor and the `Cursor` into the stream) is
+one object, so a run can start fresh or continue from a checkpoint through the same loop.
 One training iteration = one optimizer step on one batch. After every `eval.every`
 iterations (and every `plasticity.every`), and always at the end of each experience (after
 the strategies' `after_experience`), the monitor scores the seen tasks (all tasks at
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import torch
 from torch.nn import functional as F
@@ -19,8 +22,8 @@ from cl.config import RunConfig
 from cl.context import Batch, Context
 from cl.monitor import Monitor, Record
 from cl.plasticity import gradient_norm
+from cl.strategy import Strategy
 from cl.streams import Stream
-from strategies.base import Strategy
 
 
 def make_optimizer(cfg: RunConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
@@ -86,53 +89,86 @@ def train_step(ctx: Context, strategies: list[Strategy], batch: Batch, grad_norm
     return loss.detach(), correct, norm
 
 
+@dataclass
+class Cursor:
+    """Where training stands: the next batch of the current experience and epoch."""
+
+    experience: int = 0
+    started: bool = False  # `before_experience` has run for `experience`
+    epoch: int = 0
+    batch: int = 0  # batches of this epoch already trained
+    order: torch.Tensor | None = None  # this epoch's sample order, drawn at its first batch
+
+
+@dataclass
+class RunState:
+    """Everything a run needs to go on: what a checkpoint saves and a resume restores."""
+
+    cfg: RunConfig
+    ctx: Context
+    strategies: list[Strategy]
+    monitor: Monitor
+    cursor: Cursor = field(default_factory=Cursor)
+
+
 def run_stream(
-    cfg: RunConfig,
-    ctx: Context,
-    strategies: list[Strategy],
-    monitor: Monitor,
+    state: RunState,
     log: Callable[[dict], None],
     progress=None,
-    on_experience_end: Callable | None = None,
+    safe_point: Callable[[bool], None] | None = None,
 ) -> Record:
-    """Train on every experience of `ctx.stream`; log one row per evaluation.
+    """Train from `state.cursor` to the end of the stream; log one row per evaluation.
 
-    Raises RunFailed on a non-finite loss; `monitor.record` then holds the rows so far.
+    Strategies must be set up. `safe_point(boundary)` is called after every iteration and at
+    every experience end, when `state` is consistent (a checkpoint may be taken there).
+    Raises RunFailed on a non-finite loss; `state.monitor.record` then holds the rows so far.
     """
-    stream, bs = ctx.stream, cfg.train.batch_size
-    for s in strategies:
-        s.setup(ctx)
-    log(monitor.row(ctx, epoch=0, boundary=True))  # before any training: b for FWT
-    for exp in stream.experiences:
+    cfg, ctx, strategies, monitor = state.cfg, state.ctx, state.strategies, state.monitor
+    bs, epochs, cur = cfg.train.batch_size, cfg.train.epochs, state.cursor
+    if not monitor.record.iteration:
+        log(monitor.row(ctx, epoch=0, boundary=True))  # before any training: b for FWT
+    while cur.experience < ctx.stream.n_tasks:
+        exp = ctx.stream.experiences[cur.experience]
         ctx.experience = exp.index
-        ctx.seen_classes = sorted(set(ctx.seen_classes) | set(exp.classes))
-        for s in strategies:
-            s.before_experience(ctx)
+        if not cur.started:
+            ctx.seen_classes = sorted(set(ctx.seen_classes) | set(exp.classes))
+            for s in strategies:
+                s.before_experience(ctx)
+            cur.started = True
         x, y, task = exp.x, exp.y, torch.full_like(exp.y, exp.index)
         for s in strategies:
             x, y, task = s.train_data(ctx, x, y, task)
         n_batches = math.ceil(len(y) / bs)
         if progress is not None:
-            later = sum(math.ceil(len(e.y) / bs) for e in stream.experiences[exp.index + 1 :])
-            progress.total = ctx.iteration + cfg.train.epochs * (n_batches + later)
-        for epoch in range(cfg.train.epochs):
-            order = torch.randperm(len(y), generator=ctx.generator).to(y.device)
-            for b, idx in enumerate(order.split(bs)):
+            later = sum(math.ceil(len(e.y) / bs) for e in ctx.stream.experiences[exp.index + 1 :])
+            left = (epochs - cur.epoch) * n_batches - cur.batch + epochs * later
+            progress.total = ctx.iteration + left
+        while cur.epoch < epochs:
+            if cur.order is None:
+                cur.order = torch.randperm(len(y), generator=ctx.generator).to(y.device)
+            batches = cur.order.split(bs)
+            while cur.batch < n_batches:
+                idx = batches[cur.batch]
                 batch = Batch(x[idx], y[idx], task[idx], len(idx))
                 for s in strategies:
                     batch = s.batch(ctx, batch)
                 want_norm = monitor.probe_due(ctx.iteration + 1)
                 monitor.step(*train_step(ctx, strategies, batch, want_norm), n=len(idx))
                 ctx.iteration += 1
-                last = epoch == cfg.train.epochs - 1 and b == n_batches - 1
+                cur.batch += 1
+                last = cur.epoch == epochs - 1 and cur.batch == n_batches
                 if not last and monitor.due(ctx.iteration):
-                    log(monitor.row(ctx, epoch, boundary=False))
+                    log(monitor.row(ctx, cur.epoch, boundary=False))
                 if progress is not None:
                     progress(ctx.iteration, monitor.record)
+                if safe_point is not None:
+                    safe_point(False)
+            cur.epoch, cur.batch, cur.order = cur.epoch + 1, 0, None
         for s in strategies:
             s.after_experience(ctx)
         # the experience's last row comes after its end-of-task changes (e.g. WA's alignment)
-        log(monitor.row(ctx, cfg.train.epochs - 1, boundary=True))
-        if on_experience_end is not None:
-            on_experience_end(ctx, strategies)
+        log(monitor.row(ctx, epochs - 1, boundary=True))
+        state.cursor = cur = Cursor(experience=cur.experience + 1)
+        if safe_point is not None:
+            safe_point(True)
     return monitor.record

@@ -1,4 +1,4 @@
-"""The local run folder: a crash-safe per-evaluation metrics store, and `load_run` to read it.
+"""The run folder on disk: claim it, append metrics rows crash-safely, read it back.
 
 Rows are JSON lines in `metrics.jsonl`, written and flushed one at a time, so a run killed
 with SIGKILL keeps every row written before the kill (a torn last line is ignored on read).
@@ -8,12 +8,77 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import shutil
+import warnings
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from cl.errors import UserError
+
 METRICS_FILE = "metrics.jsonl"
 SUMMARY_FILE = "summary.json"
+
+
+def create_run_folder(
+    parent: str | Path, name: str | None, default_name: str
+) -> tuple[Path, Path | None]:
+    """Create and claim the run folder `parent/name` (or `parent/default_name-<time>[-n]`).
+
+    Returns (folder, made): `made` is the top-most directory this call created (the folder
+    or a missing ancestor; None when `name` was an existing empty folder), which
+    `remove_run_folder` deletes if the run fails before its first row. UserError if the
+    folder cannot be created and written, or `name` is taken.
+    """
+    parent = Path(parent).expanduser()
+    missing = [p for p in (parent, *parent.parents) if not p.exists()]
+    if parent.exists() and not parent.is_dir():
+        raise UserError(f"run.dir={parent} is a file, not a folder; choose a folder for runs")
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        if name:
+            folder = parent / name
+            if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
+                hint = f", or continue it with: cl run --resume {folder}"
+                raise UserError(
+                    f"run folder {folder} already exists and is not empty; choose another "
+                    f"run.name or run.dir{hint if (folder / METRICS_FILE).exists() else ''}"
+                )
+            existed = folder.exists()
+            folder.mkdir(exist_ok=True)
+        else:
+            stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+            folder, n, existed = parent / f"{default_name}-{stamp}", 1, False
+            while True:  # mkdir claims the name even against a concurrent run
+                try:
+                    folder.mkdir()
+                    break
+                except FileExistsError:
+                    folder, n = parent / f"{default_name}-{stamp}-{n}", n + 1
+        probe = folder / ".write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as e:
+        raise UserError(
+            f"cannot create the run folder under run.dir={parent}: {e.strerror or e} "
+            f"({e.filename or parent}); choose a writable run.dir"
+        ) from None
+    made = missing[-1] if missing else (None if existed else folder)
+    return folder, made
+
+
+def remove_run_folder(folder: Path, made: Path | None) -> None:
+    """Undo `create_run_folder` for a run that failed before its first row."""
+    if made is not None:
+        shutil.rmtree(made, ignore_errors=True)
+        return
+    for child in folder.iterdir():  # an existing empty folder: remove only what we wrote
+        if child.is_dir() and not child.is_symlink():
+            shutil.rmtree(child, ignore_errors=True)
+        else:
+            child.unlink(missing_ok=True)
 
 
 def _clean(value: Any) -> Any:
@@ -23,10 +88,12 @@ def _clean(value: Any) -> Any:
 
 
 class LocalStore:
-    """Appends one JSON line per logged row to `<run folder>/metrics.jsonl`."""
+    """Appends one JSON line per logged row to `<run folder>/metrics.jsonl`; `rows` counts
+    the rows the file holds (`rows` already there when a resumed run reopens it)."""
 
-    def __init__(self, folder: str | Path):
+    def __init__(self, folder: str | Path, rows: int = 0):
         self.path = Path(folder) / METRICS_FILE
+        self.rows = rows
         self._file = open(self.path, "a", buffering=1 << 16)  # noqa: SIM115 - closed in close()
 
     def log(self, row: dict[str, Any]) -> None:
@@ -36,6 +103,7 @@ class LocalStore:
             line = json.dumps({k: _clean(v) for k, v in row.items()})
         self._file.write(line + "\n")
         self._file.flush()
+        self.rows += 1
 
     def close(self, ok: bool = True) -> None:
         if not self._file.closed:
@@ -43,14 +111,37 @@ class LocalStore:
 
 
 def read_rows(path: str | Path) -> list[dict[str, Any]]:
+    """The rows of a metrics file. A torn last line (a run killed mid-write) is skipped
+    silently; an unreadable line elsewhere is skipped with a warning naming it."""
+    with open(path, "rb") as f:
+        lines = f.read().split(b"\n")
+    if lines and lines[-1] == b"":
+        lines.pop()
     rows = []
-    with open(path) as f:
-        for line in f:
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:
-                break  # torn last line of a killed run
+    for number, line in enumerate(lines, 1):
+        try:
+            row = json.loads(line)
+            if not isinstance(row, dict):
+                raise ValueError("not a JSON object")
+            rows.append(row)
+        except ValueError:  # JSONDecodeError and bad UTF-8 are ValueErrors
+            if number < len(lines):
+                warnings.warn(f"{path}:{number}: unreadable row skipped", stacklevel=2)
     return rows
+
+
+def truncate_rows(path: str | Path, n: int) -> None:
+    """Cut a metrics file back to its first `n` lines; UserError if it holds fewer."""
+    with open(path, "rb") as f:
+        data = f.read()
+    end = 0
+    for _ in range(n):
+        nl = data.find(b"\n", end)
+        if nl < 0:
+            raise UserError(f"{path} holds fewer than the {n} rows its checkpoint expects")
+        end = nl + 1
+    if end < len(data):
+        os.truncate(path, end)
 
 
 def write_json(path: str | Path, data: Any) -> None:
@@ -86,8 +177,6 @@ def load_run(path: str | Path) -> Run:
 
     path = Path(path)
     if not (path / METRICS_FILE).is_file():
-        from cl.errors import UserError
-
         raise UserError(f"{path} is not a cl run folder (no {METRICS_FILE})")
     metrics = pd.DataFrame(read_rows(path / METRICS_FILE))
     summary_path = path / SUMMARY_FILE

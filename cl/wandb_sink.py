@@ -1,13 +1,19 @@
 """Weights & Biases sink: one `wandb.log` per logged row, every series against `iteration`.
 
 Offline by default. Online mode that cannot reach the server (no key, no network) falls back
-to offline with a warning instead of hanging; the offline run can be synced later.
+to offline with a warning instead of hanging. Row n of the run is logged at W&B step n, so a
+resumed run (same run id, one `offline-run-*-<id>` folder per process, which `wandb sync`
+uploads into one run) holds each row exactly once. W&B never takes a run down: after any W&B
+failure the sink warns once and drops W&B; the local run folder stays the source of truth.
 """
 
 from __future__ import annotations
 
+import math
 import os
+import struct
 import sys
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -26,14 +32,26 @@ def _settings(wandb, timeout: float):
     )
 
 
+def new_run_id() -> str:
+    """A W&B-style run id (8 characters, lower-case letters and digits)."""
+    import secrets
+    import string
+
+    return "".join(secrets.choice(string.ascii_lowercase + string.digits) for _ in range(8))
+
+
 class WandbSink:
     """Owns one W&B run; `log(row)` sends the row with `iteration` as its x axis."""
 
-    def __init__(self, cfg: WandbConfig, folder: Path, name: str, config: dict[str, Any]):
+    def __init__(
+        self, cfg: WandbConfig, folder: Path, name: str, config: dict[str, Any], run_id: str
+    ):
         import wandb
 
         self.wandb = wandb
         self.mode = cfg.mode
+        self.step = 0  # the W&B step of the next row: its index in the run
+        self.held = 0  # rows [0, held) are already in W&B (from earlier processes)
         kwargs = dict(
             project=cfg.project,
             entity=cfg.entity,
@@ -42,6 +60,8 @@ class WandbSink:
             name=name,
             dir=str(folder),
             config=config,
+            id=run_id,
+            resume="allow",
             reinit="create_new",
         )
         os.environ.setdefault("WANDB_SILENT", "true")
@@ -65,19 +85,117 @@ class WandbSink:
     @property
     def dir(self) -> Path | None:
         """The offline run folder (`.../wandb/offline-run-*`), if any."""
-        d = getattr(self.run.settings, "sync_dir", None)
+        d = getattr(self.run.settings, "sync_dir", None) if self.run else None
         return Path(d) if d else None
 
+    def _guard(self, action) -> None:
+        """`action(run)`, unless W&B is gone; any W&B failure drops W&B with one warning."""
+        if self.run is None:
+            return
+        try:
+            action(self.run)
+        except Exception as e:  # noqa: BLE001 - whatever W&B raises, the run goes on
+            self.run = None
+            print(
+                f"warning: W&B failed ({type(e).__name__}: {str(e).splitlines()[0][:200]}); "
+                "continuing without W&B (the run folder keeps every row)",
+                file=sys.stderr,
+            )
+            try:
+                self.wandb.teardown()  # also unregisters W&B's exit hook, which would fail
+            except Exception:  # noqa: BLE001, S110
+                pass
+
+    def _send(self, row: dict[str, Any], step: int) -> None:
+        clean = {
+            k: v
+            for k, v in row.items()
+            if v is not None and not (isinstance(v, float) and not math.isfinite(v))
+        }
+        self._guard(lambda run: run.log(clean, step=step))
+
     def log(self, row: dict[str, Any]) -> None:
-        self.run.log({k: v for k, v in row.items() if v is not None})
+        if self.step >= self.held:
+            self._send(row, self.step)
+        self.step += 1
+
+    def resume_at(self, rows: int, held: int, read_rows) -> None:
+        """Continue a run whose local store holds `rows` rows of which W&B holds the first
+        `held`: send the missing ones now (`read_rows()` gives them all) and skip the rows W&B
+        already holds when the run logs them again."""
+        if held < rows:
+            for i, row in enumerate(read_rows()[held:rows], held):
+                self._send(row, i)
+        self.step, self.held = rows, held
 
     def summary(self, values: dict[str, Any]) -> None:
         for k, v in values.items():
             if isinstance(v, int | float | str | bool):
-                self.run.summary[k] = v
+                self._guard(lambda run, k=k, v=v: run.summary.__setitem__(k, v))
 
-    def image(self, key: str, path: Path) -> None:
-        self.run.log({key: self.wandb.Image(str(path))})
+    def images(self, paths: dict[str, Path]) -> None:
+        """Log images once, one step after the last row (a finished run's plots)."""
+        images = lambda: {k: self.wandb.Image(str(p)) for k, p in paths.items()}  # noqa: E731
+        self._guard(lambda run: run.log(images(), step=self.step))
 
-    def close(self, ok: bool = True) -> None:
-        self.run.finish(exit_code=0 if ok else 1)
+    def close(self, exit_code: int = 0) -> None:
+        self._guard(lambda run: run.finish(exit_code=exit_code))
+        self.run = None
+
+
+# --- what earlier processes of a run sent to W&B ------------------------------------------
+
+BLOCK = 32768  # the .wandb file is a LevelDB-style log of 32 KiB blocks of framed records
+HEADER = struct.Struct("<IHB")  # crc32, length, type (1 full, 2 first, 3 middle, 4 last)
+
+
+def _records(data: bytes, pos: int):
+    """Record payloads from block boundary `pos` on; stops at a torn or empty tail."""
+    parts: list[bytes] | None = None
+    while pos + HEADER.size <= len(data):
+        if BLOCK - pos % BLOCK < HEADER.size:
+            pos += BLOCK - pos % BLOCK
+            continue
+        crc, length, kind = HEADER.unpack_from(data, pos)
+        payload = data[pos + HEADER.size : pos + HEADER.size + length]
+        torn = len(payload) < length or zlib.crc32(payload, zlib.crc32(bytes([kind]))) != crc
+        if kind == 0 or torn:
+            return
+        pos += HEADER.size + length
+        if kind == 1:
+            yield payload
+        elif kind == 2:
+            parts = [payload]
+        elif kind in (3, 4) and parts is not None:  # a fragment before any start is skipped
+            parts.append(payload)
+            if kind == 4:
+                yield b"".join(parts)
+                parts = None
+
+
+def _last_row_step(path: Path) -> int:
+    """W&B step of the last row (a history record with `experience`) in a .wandb file, or -1.
+    Reads from the end, one more block at a time, so long runs cost no more than short ones."""
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    data = path.read_bytes()
+    start = (len(data) - 1) // BLOCK * BLOCK if data else 0
+    while start >= 0:
+        last = -1
+        for payload in _records(data, max(start, 7)):
+            record = pb.Record()
+            record.ParseFromString(payload)
+            if record.WhichOneof("record_type") == "history":
+                keys = {i.key or "/".join(i.nested_key) for i in record.history.item}
+                if "experience" in keys:  # a row (W&B adds `iteration` to its other rows)
+                    last = record.history.step.num
+        if last >= 0:
+            return last
+        start -= BLOCK
+    return -1
+
+
+def rows_held(wandb_dir: Path, run_id: str) -> int:
+    """How many rows of the run W&B already holds, over every process's run folder."""
+    files = wandb_dir.glob(f"*run-*-{run_id}/run-{run_id}.wandb")
+    return max((_last_row_step(f) + 1 for f in files), default=0)

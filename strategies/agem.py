@@ -12,7 +12,7 @@ import torch
 from torch.nn import functional as F
 
 from cl.context import Context
-from strategies.base import Strategy
+from cl.strategy import Strategy
 
 
 def project(g: torch.Tensor, g_ref: torch.Tensor) -> torch.Tensor:
@@ -40,11 +40,10 @@ class AGEM(Strategy):
     name = "agem"
 
     def __init__(self, patterns_per_exp: int = 256, sample_size: int = 256):
-        if patterns_per_exp <= 0 or sample_size <= 0:
-            raise ValueError(
-                f"agem patterns_per_exp and sample_size must be positive, got "
-                f"{patterns_per_exp} and {sample_size}"
-            )
+        if patterns_per_exp <= 0:
+            raise ValueError(f"patterns_per_exp must be a positive integer, got {patterns_per_exp}")
+        if sample_size <= 0:
+            raise ValueError(f"sample_size must be a positive integer, got {sample_size}")
         self.patterns_per_exp = patterns_per_exp
         self.sample_size = sample_size
         self.x: torch.Tensor | None = None

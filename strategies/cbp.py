@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from cl.context import Context
-from strategies.base import Strategy
+from cl.strategy import Strategy
 
 NORMS = (nn.LayerNorm, nn.GroupNorm, nn.BatchNorm1d, nn.BatchNorm2d)
 ACTS = (nn.ReLU, nn.Tanh, nn.LeakyReLU, nn.GELU, nn.Sigmoid, nn.ELU, nn.SiLU)
@@ -51,13 +51,24 @@ class ContinualBackprop(Strategy):
         init: str = "default",
     ):
         if init not in ("default", "kaiming"):
-            raise ValueError(f"cbp init must be 'default' or 'kaiming', got {init!r}")
-        if not 0.0 <= decay_rate < 1.0 or not 0.0 <= replacement_rate <= 1.0:
-            raise ValueError("cbp needs 0 <= decay_rate < 1 and 0 <= replacement_rate <= 1")
+            raise ValueError(f"init must be 'default' or 'kaiming', got {init!r}")
+        if not 0.0 <= replacement_rate <= 1.0:
+            raise ValueError(f"replacement_rate must be in [0, 1], got {replacement_rate}")
+        if maturity_threshold < 0:
+            raise ValueError(f"maturity_threshold must be >= 0, got {maturity_threshold}")
+        if not 0.0 <= decay_rate < 1.0:
+            raise ValueError(f"decay_rate must be in [0, 1), got {decay_rate}")
         self.rate, self.maturity = replacement_rate, maturity_threshold
         self.decay, self.init = decay_rate, init
         self.layers: list[tuple[nn.Module, nn.Module, list]] = []  # (layer, next, norms)
         self.state: dict[str, Any] | None = None
+
+    @classmethod
+    def check(cls, cfg) -> None:
+        if cfg.model.name not in ("mlp", "cnn"):
+            raise ValueError(
+                f"needs a model with an nn.Sequential body (mlp, cnn), not model={cfg.model.name}"
+            )
 
     def setup(self, ctx: Context) -> None:
         body, head = getattr(ctx.model, "body", None), getattr(ctx.model, "head", None)

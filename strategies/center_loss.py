@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from cl.context import Batch, Context
-from strategies.base import Strategy
+from cl.strategy import Strategy
 
 
 class CenterLoss(Strategy):
@@ -40,10 +40,10 @@ class CenterLoss(Strategy):
     name = "center_loss"
 
     def __init__(self, weight: float = 0.01, alpha: float = 0.5, freeze_head: bool = True):
-        if weight < 0 or not 0 < alpha <= 1:
-            raise ValueError(
-                f"center_loss needs weight >= 0 and alpha in (0, 1], got {weight}, {alpha}"
-            )
+        if weight < 0:
+            raise ValueError(f"weight must be >= 0, got {weight}")
+        if not 0 < alpha <= 1:
+            raise ValueError(f"alpha must be in (0, 1], got {alpha}")
         self.weight, self.alpha, self.freeze_head = weight, alpha, freeze_head
         self.centers: torch.Tensor | None = None  # (n_classes, d)
         self.learning: torch.Tensor | None = None  # (n_classes,) bool: center still updated
@@ -92,7 +92,8 @@ class CenterLoss(Strategy):
         self.centers -= self.alpha * delta
 
     def state_dict(self) -> dict[str, Any]:
-        return {"centers": self.centers, "has_center": self.has_center}
+        return {"centers": self.centers, "has_center": self.has_center, "learning": self.learning}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.centers, self.has_center = state["centers"], state["has_center"]
+        self.learning = state["learning"]

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from cl.context import Context
-from strategies.base import Strategy
+from cl.strategy import Strategy
 from strategies.task_grads import task_gradients
 
 
@@ -67,9 +67,9 @@ class GEM(Strategy):
 
     def __init__(self, patterns_per_exp: int = 256, memory_strength: float = 0.5):
         if patterns_per_exp <= 0:
-            raise ValueError(f"gem patterns_per_exp must be positive, got {patterns_per_exp}")
+            raise ValueError(f"patterns_per_exp must be a positive integer, got {patterns_per_exp}")
         if memory_strength < 0:
-            raise ValueError(f"gem memory_strength must be >= 0, got {memory_strength}")
+            raise ValueError(f"memory_strength must be >= 0, got {memory_strength}")
         self.patterns_per_exp = patterns_per_exp
         self.memory_strength = memory_strength
         self.x: torch.Tensor | None = None  # all memories, task after task

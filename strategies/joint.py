@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from cl.context import Context
-from strategies.base import Strategy
+from cl.strategy import Strategy
 
 
 class Joint(Strategy):

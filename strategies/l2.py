@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 
 from cl.context import Batch, Context
-from strategies.base import Strategy
+from cl.strategy import Strategy
 
 
 class L2(Strategy):
@@ -20,6 +20,8 @@ class L2(Strategy):
     name = "l2"
 
     def __init__(self, lam: float = 1e-4):
+        if lam < 0:
+            raise ValueError(f"lam must be >= 0, got {lam}")
         self.lam = lam
         self.params: list[torch.Tensor] = []
 

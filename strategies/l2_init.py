@@ -11,7 +11,7 @@ from typing import Any
 import torch
 
 from cl.context import Batch, Context
-from strategies.base import Strategy
+from cl.strategy import Strategy
 
 
 class L2Init(Strategy):
@@ -25,6 +25,8 @@ class L2Init(Strategy):
     name = "l2_init"
 
     def __init__(self, lam: float = 1e-3):
+        if lam < 0:
+            raise ValueError(f"lam must be >= 0, got {lam}")
         self.lam = lam
         self.params: list[torch.Tensor] = []
         self.init: list[torch.Tensor] | None = None

@@ -1,6 +1,6 @@
 """Naive fine-tuning: train on each experience in turn with no protection against forgetting."""
 
-from strategies.base import Strategy
+from cl.strategy import Strategy
 
 
 class Naive(Strategy):

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from cl.context import Batch, Context
-from strategies.base import Strategy
+from cl.strategy import Strategy
 from strategies.memory import ClassBalancedMemory, ReservoirMemory
 
 BUFFERS = ("class_balanced", "reservoir")
@@ -38,10 +38,16 @@ class Replay(Strategy):
         buffer: str = "class_balanced",
         new_weight: float | None = 0.3,
     ):
+        if mem_size <= 0:
+            raise ValueError(f"mem_size must be a positive integer, got {mem_size}")
+        if mem_batch_size is not None and mem_batch_size <= 0:
+            raise ValueError(
+                f"mem_batch_size must be a positive integer or null, got {mem_batch_size}"
+            )
         if buffer not in BUFFERS:
-            raise ValueError(f"replay buffer must be one of {BUFFERS}, got {buffer!r}")
+            raise ValueError(f"buffer must be one of {', '.join(BUFFERS)}, got {buffer!r}")
         if new_weight is not None and not 0.0 < new_weight <= 1.0:
-            raise ValueError(f"replay new_weight must be in (0, 1], got {new_weight}")
+            raise ValueError(f"new_weight must be in (0, 1] or null, got {new_weight}")
         self.mem_batch_size = mem_batch_size
         self.new_weight = new_weight
         self.memory = (ClassBalancedMemory if buffer == "class_balanced" else ReservoirMemory)(

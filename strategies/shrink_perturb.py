@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from cl.context import Context
-from strategies.base import Strategy
+from cl.strategy import Strategy
 
 
 class ShrinkPerturb(Strategy):
@@ -29,6 +29,10 @@ class ShrinkPerturb(Strategy):
     name = "shrink_perturb"
 
     def __init__(self, weight_decay: float = 1e-4, noise_std: float = 1e-5):
+        if weight_decay < 0:
+            raise ValueError(f"weight_decay must be >= 0, got {weight_decay}")
+        if noise_std < 0:
+            raise ValueError(f"noise_std must be >= 0, got {noise_std}")
         self.weight_decay, self.noise_std = weight_decay, noise_std
         self.rng: torch.Tensor | None = None
 

@@ -13,7 +13,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from cl.context import Batch, Context
-from strategies.base import Strategy
+from cl.strategy import Strategy
 
 
 class Spectral(Strategy):
@@ -34,6 +34,10 @@ class Spectral(Strategy):
     name = "spectral"
 
     def __init__(self, lam: float = 1e-4, k: int = 2):
+        if lam < 0:
+            raise ValueError(f"lam must be >= 0, got {lam}")
+        if k < 1:
+            raise ValueError(f"k must be a positive integer, got {k}")
         self.lam, self.k = lam, k
         self.layers: list[nn.Module] = []
         self.u: list[torch.Tensor] | None = None

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from cl.context import Batch, Context
-from strategies.base import Strategy
+from cl.strategy import Strategy
 
 
 def _argsort(x: torch.Tensor) -> torch.Tensor:
@@ -40,6 +40,8 @@ class Wasserstein(Strategy):
     name = "wasserstein"
 
     def __init__(self, lam: float = 1e-3):
+        if lam < 0:
+            raise ValueError(f"lam must be >= 0, got {lam}")
         self.lam = lam
         self.params: list[torch.Tensor] = []
         self.init: list[torch.Tensor] | None = None

@@ -10,7 +10,7 @@ import torch
 from torch.nn import functional as F
 
 from cl.context import Batch, Context
-from strategies.base import Strategy
+from cl.strategy import Strategy
 
 
 def herding(features: torch.Tensor, m: int) -> torch.Tensor:
@@ -59,24 +59,46 @@ class WeightAligning(Strategy):
         align: bool = True,
         clip: bool = True,
     ):
-        if mem_size < 0 or temperature <= 0:
-            raise ValueError("weight_aligning needs mem_size >= 0 and temperature > 0")
+        if mem_size < 0:
+            raise ValueError(f"mem_size must be >= 0, got {mem_size}")
+        if mem_batch_size is not None and mem_batch_size <= 0:
+            raise ValueError(
+                f"mem_batch_size must be a positive integer or null, got {mem_batch_size}"
+            )
+        if temperature <= 0:
+            raise ValueError(f"temperature must be > 0, got {temperature}")
         self.mem_size, self.mem_batch_size = mem_size, mem_batch_size
         self.temperature, self.align, self.clip = temperature, align, clip
         self.old_classes: list[int] = []  # classes seen before the current experience
         self.lam, self.old_model = 0.0, None  # KD weight, frozen teacher of this experience
+        self.teacher_weights: dict[str, torch.Tensor] | None = None  # loaded, not yet built
         self.x = self.y = self.task = None
+
+    @classmethod
+    def check(cls, cfg) -> None:
+        if cfg.benchmark.incremental == "task":
+            raise ValueError(
+                "a class-incremental (single-head) method; use benchmark.incremental=class"
+            )
 
     def setup(self, ctx: Context) -> None:
         if ctx.class_mask is not None:
             raise ValueError("weight_aligning is a class-incremental (single-head) method")
+        if self.teacher_weights is not None:  # from `load_state_dict`
+            self.old_model = self._frozen_copy(ctx.model)
+            self.old_model.load_state_dict(self.teacher_weights)
+            self.teacher_weights = None
+
+    @staticmethod
+    def _frozen_copy(model: torch.nn.Module) -> torch.nn.Module:
+        return copy.deepcopy(model).eval().requires_grad_(False)
 
     def before_experience(self, ctx: Context) -> None:
         current = ctx.stream.experiences[ctx.experience].classes
         self.lam = len(self.old_classes) / (len(self.old_classes) + len(current))
         self.old_model = None
         if self.old_classes:
-            self.old_model = copy.deepcopy(ctx.model).eval().requires_grad_(False)
+            self.old_model = self._frozen_copy(ctx.model)
 
     def train_data(self, ctx: Context, x: torch.Tensor, y: torch.Tensor, task: torch.Tensor):
         if self.mem_batch_size is not None or self.y is None:
@@ -142,9 +164,17 @@ class WeightAligning(Strategy):
         self.x, self.y, self.task = (torch.cat([p[i] for p in parts]) for i in range(3))
 
     def state_dict(self) -> dict[str, Any]:
-        # No teacher: checkpoints are taken at experience ends; `before_experience` rebuilds it.
-        return {"x": self.x, "y": self.y, "task": self.task, "old_classes": self.old_classes}
+        teacher = None if self.old_model is None else self.old_model.state_dict()
+        return {
+            "x": self.x,
+            "y": self.y,
+            "task": self.task,
+            "old_classes": list(self.old_classes),
+            "lam": self.lam,
+            "teacher": teacher,  # this experience's frozen model (weights only)
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.x, self.y, self.task = state["x"], state["y"], state["task"]
-        self.old_classes = list(state["old_classes"])
+        self.old_classes, self.lam = list(state["old_classes"]), state["lam"]
+        self.teacher_weights = state["teacher"]  # the teacher is rebuilt in `setup`

@@ -46,11 +46,11 @@ def test_group_and_key_overrides():
 def test_every_strategy_yaml_matches_its_constructor():
     import inspect
 
-    import strategies
+    from cl import strategy
     from cl.catalog import STRATEGIES
 
     for name in STRATEGIES:
-        (s,) = strategies.build({name: {}})
+        (s,) = strategy.build({name: {}})
         params = {
             k: p.default
             for k, p in inspect.signature(type(s).__init__).parameters.items()

@@ -1,0 +1,64 @@
+"""Stop requests: SIGINT (Ctrl-C) and SIGTERM (preemption) end a run at the next safe point.
+
+The first signal asks the run to checkpoint after the current iteration and stop with status
+`interrupted`; a second SIGINT or SIGTERM stops at once (the last checkpoint stays valid).
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+class Interrupted(Exception):
+    """The run stopped on a signal; `signum` says which (exit code 128 + signum).
+
+    Raised again by the api once the run folder is written, with the `folder` to resume and
+    the iteration of its last `checkpoint` (None if there is none).
+    """
+
+    def __init__(self, signum: int, folder=None, checkpoint: int | None = None):
+        super().__init__(signal.Signals(signum).name)
+        self.signum, self.folder, self.checkpoint = signum, folder, checkpoint
+
+
+class StopRequest:
+    """Set by the signal handler; read by the runner's safe point."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self.finishing = False  # writing the run's outputs: signals only print a note
+
+    def handle(self, signum: int, frame) -> None:
+        if self.finishing:
+            print("finishing the run folder; please wait", file=sys.stderr, flush=True)
+            return
+        if self.signum is not None:
+            raise Interrupted(signum)
+        self.signum = signum
+        print(
+            f"\n{signal.Signals(signum).name}: stopping after this iteration (checkpoint); "
+            "send it again to stop at once",
+            file=sys.stderr,
+            flush=True,
+        )
+
+
+@contextmanager
+def catch_stops() -> Iterator[StopRequest]:
+    """Route SIGINT/SIGTERM to a StopRequest while the block runs (main thread only)."""
+    stop = StopRequest()
+    if threading.current_thread() is not threading.main_thread():
+        yield stop
+        return
+    previous = {s: signal.signal(s, stop.handle) for s in SIGNALS}
+    try:
+        yield stop
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)

@@ -1,0 +1,46 @@
+"""What a run leaves when it ends: summary.json, accuracy_matrix.csv, plots, the W&B summary."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from cl.config import RunConfig
+from cl.store import SUMMARY_FILE, load_run, write_json
+
+
+def summary(state, status: str, error: str | None, wall_time_s: float) -> dict:
+    """Every final metric of what was recorded so far, with the run's status."""
+    out: dict = {"status": status}
+    if error:
+        out["error"] = error
+    out.update(state.monitor.summary())
+    out["n_iterations"] = state.ctx.iteration
+    out["n_eval_rows"] = len(state.monitor.record.accs)
+    out["wall_time_s"] = round(wall_time_s, 3)
+    return out
+
+
+def write(folder: Path, values: dict, wandb, cfg: RunConfig, finished: bool) -> None:
+    """Write the summary (file and W&B), the accuracy matrix and, for a run with rows, plots
+    (logged to W&B only when the run finished: an interrupted one goes on later)."""
+    if values.get("accuracy_matrix"):
+        R = np.array(values["accuracy_matrix"], dtype=float)
+        np.savetxt(folder / "accuracy_matrix.csv", R, delimiter=",", fmt="%.6f")
+    write_json(folder / SUMMARY_FILE, values)
+    if wandb is not None:
+        wandb.summary(values)
+    run = load_run(folder)
+    if not len(run.metrics):
+        return
+    from cl import plots
+
+    (folder / "plots").mkdir(exist_ok=True)
+    title = f"{cfg.benchmark.name} / {'+'.join(cfg.strategy)}"
+    paths = [plots.accuracy_curves(run.metrics, folder / "plots" / "accuracy_curves.png", title)]
+    if values.get("accuracy_matrix"):
+        R = np.array(values["accuracy_matrix"], dtype=float)
+        paths.append(plots.accuracy_matrix(R, folder / "plots" / "accuracy_matrix.png"))
+    if wandb is not None and finished:
+        wandb.images({f"plots/{p.stem}": p for p in paths})

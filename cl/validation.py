@@ -1,0 +1,177 @@
+"""Validation of a composed config: every choice, range and combination, before any work.
+
+Choices, ranges, finite numbers, names that become paths, and which strategy, model and
+scenario can go together; strategy options against their constructors (`cl.strategy`).
+Each mistake is one UserError naming the key and what is valid.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from cl.catalog import BENCHMARKS, MODELS, SOURCE_CLASSES, SOURCES, STRATEGIES
+from cl.config import RunConfig, as_plain
+from cl.errors import UserError
+
+CHOICES = {
+    "benchmark.scenario": ("split", "permuted", "rotated"),
+    "benchmark.source": tuple(SOURCES),
+    "benchmark.incremental": ("class", "task"),
+    "model.name": tuple(MODELS),
+    "model.activation": ("relu", "tanh", "leaky_relu", "gelu", "sigmoid"),
+    "optim.name": ("sgd", "adam"),
+    "metrics.transfer_normaliser": ("paper", "code"),
+    "wandb.mode": ("offline", "online", "disabled"),
+}
+
+
+MAX_INT = 2**31 - 1  # sizes and counts: beyond this torch indexing fails
+MAX_SEED = 2**32 - 1  # NumPy's legacy seeding takes 0 .. 2**32 - 1
+POSITIVE_INTS = (
+    "benchmark.n_tasks",
+    "train.epochs",
+    "train.batch_size",
+    "eval.every",
+    "eval.subset",
+    "eval.batch_size",
+    "metrics.lca_beta",
+    "metrics.speed_window",
+    "plasticity.probe_size",
+    "model.width",
+    "run.checkpoint_every",
+)
+# key: (low, high, low inclusive, high inclusive, text)
+FLOAT_RANGES = {
+    "optim.lr": (0.0, math.inf, False, False, "> 0"),
+    "optim.momentum": (0.0, 1.0, True, False, "in [0, 1)"),
+    "optim.weight_decay": (0.0, math.inf, True, False, ">= 0"),
+    "benchmark.test_fraction": (0.0, 1.0, False, False, "in (0, 1)"),
+    "metrics.recovery_tolerance": (0.0, 1.0, True, True, "in [0, 1]"),
+    "metrics.speed_target": (0.0, 1.0, False, True, "in (0, 1]"),
+    "plasticity.dead_threshold": (0.0, math.inf, True, False, ">= 0"),
+    "wandb.init_timeout": (0.0, math.inf, False, False, "> 0"),
+    "run.checkpoint_minutes": (0.0, math.inf, True, False, ">= 0 (0 = off)"),
+}
+RUN_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.+=,@-]{0,199}")
+DEVICE = re.compile(r"auto|cpu|cuda(:[0-9]+)?|mps")
+WANDB_FORBIDDEN = set("/\\#?%:")
+
+
+def validate(cfg: DictConfig) -> RunConfig:
+    """Check values and combinations; returns the typed RunConfig or raises UserError.
+
+    Everything is checked here, before any data is loaded: choices, ranges, finite numbers,
+    names that become paths, and which strategy, model and scenario can go together.
+    """
+    _check_finite(as_plain(cfg), "")
+    for key, choices in CHOICES.items():
+        value = OmegaConf.select(cfg, key)
+        if value not in choices:
+            raise UserError(f"{key}={value!r} is not valid; valid choices: {', '.join(choices)}")
+    b, m = cfg.benchmark, cfg.model
+    if b.name not in BENCHMARKS:
+        raise UserError(f"unknown benchmark '{b.name}'; valid choices: {', '.join(BENCHMARKS)}")
+    for key in POSITIVE_INTS:
+        _int_in(key, OmegaConf.select(cfg, key), 1, MAX_INT, "a positive integer")
+    _int_in("plasticity.every", cfg.plasticity.every, 0, MAX_INT, "an integer >= 0 (0 = off)")
+    for key in ("seed", "benchmark.split_seed"):
+        _int_in(key, OmegaConf.select(cfg, key), 0, MAX_SEED, f"an integer in 0 .. {MAX_SEED}")
+    for name, values in (("model.hidden", m.hidden), ("model.channels", m.channels)):
+        for v in values:
+            _int_in(name, v, 1, MAX_INT, "a list of positive widths")
+    for key, (lo, hi, lo_in, hi_in, text) in FLOAT_RANGES.items():
+        v = OmegaConf.select(cfg, key)
+        if not ((lo <= v if lo_in else lo < v) and (v <= hi if hi_in else v < hi)):
+            raise UserError(f"{key}={v} must be {text}")
+    _check_benchmark(cfg)
+    if m.name in ("cnn", "resnet18") and b.source == "mnist1d":
+        raise UserError(
+            f"model={m.name} needs image inputs; benchmark.source=mnist1d is 1-D: use model=mlp"
+        )
+    if m.name == "resnet18" and b.scenario == "permuted":
+        raise UserError(
+            "model=resnet18 with a permuted stream destroys spatial structure; use model=mlp"
+        )
+    if not cfg.metrics.windows or any(w < 2 for w in cfg.metrics.windows):
+        raise UserError(f"metrics.windows={list(cfg.metrics.windows)} must be integers >= 2")
+    _check_run_and_wandb(cfg)
+    if not cfg.strategy:
+        raise UserError(f"strategy is empty; valid choices: {', '.join(STRATEGIES)}")
+    from cl import strategy
+
+    for name, args in cfg.strategy.items():
+        if not isinstance(args, DictConfig | dict):
+            raise UserError(f"strategy.{name} must be a mapping of options, got {args!r}")
+        cfg.strategy[name] = strategy.check_options(name, as_plain(args))
+    typed = OmegaConf.to_object(cfg)
+    for name in typed.strategy:
+        strategy.check_compatible(name, typed)
+    return typed
+
+
+def _check_finite(tree: Any, prefix: str) -> None:
+    if isinstance(tree, dict):
+        for k, v in tree.items():
+            _check_finite(v, f"{prefix}{k}.")
+    elif isinstance(tree, list):
+        for v in tree:
+            _check_finite(v, prefix)
+    elif isinstance(tree, float) and not math.isfinite(tree):
+        raise UserError(f"{prefix[:-1]}={tree} must be a finite number")
+
+
+def _int_in(key: str, value: Any, lo: int, hi: int, text: str) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or not lo <= value <= hi:
+        shown = str(value)
+        shown = shown if len(shown) <= 40 else f"{shown[:20]}...({len(shown)} digits)"
+        raise UserError(f"{key}={shown} must be {text}")
+
+
+def _check_benchmark(cfg: DictConfig) -> None:
+    b = cfg.benchmark
+    n_classes = SOURCE_CLASSES[b.source]
+    if b.incremental == "task" and b.scenario != "split":
+        raise UserError(
+            f"benchmark.incremental=task needs benchmark.scenario=split (got {b.scenario}): "
+            "permuted and rotated streams share all classes across tasks"
+        )
+    if b.scenario == "split" and b.n_tasks > n_classes:
+        raise UserError(
+            f"benchmark.n_tasks={b.n_tasks}: a split stream of {b.source}'s {n_classes} classes "
+            f"needs 1 to {n_classes} tasks"
+        )
+    if b.class_order is not None and sorted(b.class_order) != list(range(n_classes)):
+        raise UserError(
+            f"benchmark.class_order={list(b.class_order)} must be a permutation of "
+            f"0..{n_classes - 1}"
+        )
+    if b.angles is not None and len(b.angles) != b.n_tasks:
+        raise UserError(
+            f"benchmark.angles has {len(b.angles)} values but benchmark.n_tasks={b.n_tasks}"
+        )
+
+
+def _check_run_and_wandb(cfg: DictConfig) -> None:
+    r, w = cfg.run, cfg.wandb
+    if r.name is not None and (not RUN_NAME.fullmatch(r.name) or r.name in (".", "..")):
+        shown = r.name if len(r.name) <= 60 else f"{r.name[:40]}...({len(r.name)} characters)"
+        raise UserError(
+            f"run.name={shown!r} must be a single folder name of at most 200 characters: "
+            "letters, digits and _ . + = , @ - (not starting with . or -); "
+            "use run.dir to choose where it goes"
+        )
+    if not str(r.dir).strip():
+        raise UserError("run.dir is empty; give the folder that holds run folders (default runs)")
+    if not DEVICE.fullmatch(str(r.device)):
+        raise UserError(f"run.device={r.device!r}; valid choices: auto, cpu, cuda, cuda:N, mps")
+    for key in ("project", "entity", "group"):
+        value = w[key]
+        if value is not None and (not value.strip() or WANDB_FORBIDDEN & set(value)):
+            raise UserError(
+                f"wandb.{key}={value!r} is not a valid W&B name: it must be non-empty and "
+                "contain none of / \\ # ? % :"
+            )

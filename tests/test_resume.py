@@ -1,0 +1,273 @@
+"""Exact resume: a run killed at a seeded random iteration (a real signal to a child process)
+and resumed ends with the same rows, bit for bit, and the same summary as an uninterrupted run.
+
+Children run `tests/helpers/kill_at.py`, which signals itself in the middle of a training
+iteration. Everything here runs on one torch thread (children and this process), so the
+uninterrupted reference in this process and the killed child compute identically.
+"""
+
+import json
+import os
+import random
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import cl
+from cl import api
+from cl.catalog import STRATEGIES
+from cl.cli import main
+from cl.errors import UserError
+from cl.store import read_rows
+
+HELPER = Path(__file__).parent / "helpers" / "kill_at.py"
+BASE = [
+    "run.progress=false",
+    "wandb.mode=disabled",
+    "benchmark.source=digits",
+    "benchmark.n_tasks=3",
+    "model.hidden=[32]",
+    "train.epochs=2",  # kills land mid-epoch of a multi-epoch experience too
+    "eval.subset=100",
+    "plasticity.every=5",
+    "run.checkpoint_every=7",
+]
+SMALL = {  # memories that fit the tiny stream
+    "gem": ["strategy.gem.patterns_per_exp=32"],
+    "agem": ["strategy.agem.patterns_per_exp=32", "strategy.agem.sample_size=16"],
+    "weight_aligning": ["strategy.weight_aligning.mem_size=60"],
+    "replay": ["strategy.replay.mem_size=60"],
+}
+# (label, strategy, extra overrides, signal): every strategy, compositions, every signal
+CASES = [(name, name, SMALL.get(name, []), "KILL") for name in STRATEGIES]
+CASES += [
+    ("replay+center_loss", "[replay,center_loss]", SMALL["replay"], "KILL"),
+    ("l2_init+cbp", "[l2_init,cbp]", [], "KILL"),
+    ("reservoir", "replay", ["strategy.replay.buffer=reservoir"], "KILL"),
+    ("wa-sigterm", "weight_aligning", SMALL["weight_aligning"], "TERM"),
+    ("gem-ctrl-c", "gem", SMALL["gem"], "INT"),
+    ("center-double-ctrl-c", "center_loss", ["eval.every=3"], "INT2"),
+    ("wandb", "replay", ["wandb.mode=offline"], "KILL"),
+]
+EXIT = {"KILL": -9, "TERM": 143, "INT": 130, "INT2": 130}
+
+
+def overrides(case, run_dir, name):
+    label, strategy, extra, _ = case
+    return [*BASE, f"strategy={strategy}", *extra, f"run.dir={run_dir}", f"run.name={name}"]
+
+
+def kill_iteration(label: str) -> int:
+    """A seeded random iteration after the first checkpoint (7) and before the end (90)."""
+    return random.Random(label).randint(9, 85)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def killed(tmp_path_factory, one_thread):
+    """Every case's run, signalled at its iteration, in children of two helper processes
+    (one per core): {label: (folder, exit code, stderr)}."""
+    root = tmp_path_factory.mktemp("killed")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    jobs = [
+        {
+            "signal": case[3],
+            "at": kill_iteration(case[0]),
+            "args": ["-q", *overrides(case, root, case[0])],
+            "stderr": str(root / f"{case[0]}.err"),
+        }
+        for case in CASES
+    ]
+    halves = [(CASES[i::2], jobs[i::2]) for i in (0, 1)]
+    procs = []
+    for i, (_, half) in enumerate(halves):
+        (root / f"jobs-{i}.json").write_text(json.dumps(half))
+        cmd = [sys.executable, str(HELPER), str(root / f"jobs-{i}.json")]
+        procs.append(subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, text=True))
+    out = {}
+    for (cases, _), proc in zip(halves, procs, strict=True):
+        codes = json.loads(proc.communicate(timeout=900)[0])
+        for (label, *_), code in zip(cases, codes, strict=True):
+            out[label] = (root / label, code, (root / f"{label}.err").read_text())
+            shutil.copytree(root / label, root / f"pristine-{label}")  # tests resume originals
+    return out
+
+
+def uninterrupted(case, tmp_path):
+    return cl.run(overrides(case, tmp_path, "reference"), quiet=True)
+
+
+def strip_time(summary: dict) -> dict:
+    return {k: v for k, v in summary.items() if k != "wall_time_s"}
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
+def test_killed_and_resumed_run_equals_the_uninterrupted_one(case, killed, tmp_path):
+    label, _, _, signal_name = case
+    folder, code, err = killed[label]
+    at = kill_iteration(label)
+    assert code == EXIT[signal_name], err
+    rows_before = read_rows(folder / "metrics.jsonl")
+    ckpt = torch.load(folder / "checkpoint.pt", weights_only=True)["context"]["iteration"]
+    if signal_name == "KILL":  # inside iteration `at`: rows of iterations 0 .. at - 1
+        assert not (folder / "summary.json").exists()
+        assert len(rows_before) == at and ckpt < at
+    else:  # a signal the run handles: interrupted, every row kept, resumable
+        s = json.loads((folder / "summary.json").read_text())
+        assert s["status"] == "interrupted" and s["resume"] == f"cl run --resume {folder}"
+        assert "resume with: cl run --resume" in err and "Traceback" not in err
+        assert len(rows_before) == s["n_eval_rows"]
+        if signal_name in ("TERM", "INT"):  # it stops after the iteration, with a checkpoint
+            assert s["checkpoint_iteration"] == s["n_iterations"] == ckpt == at
+        else:  # a second signal stops at once, inside iteration `at`
+            assert s["n_iterations"] == at - 1 and s["checkpoint_iteration"] == ckpt < at
+
+    resumed = api.resume(folder, quiet=True)
+    reference = uninterrupted(case, tmp_path)
+    rows = (folder / "metrics.jsonl").read_bytes()
+    assert rows == (reference.path / "metrics.jsonl").read_bytes()  # every value, bit for bit
+    assert strip_time(resumed.summary) == strip_time(reference.summary)
+    assert resumed.summary["status"] == "finished"
+    env = json.loads((folder / "environment.json").read_text())
+    assert [r["iteration"] for r in env["resumes"]] == [ckpt]
+    if label == "wandb":
+        check_wandb_holds_each_row_once(folder)
+
+
+def check_wandb_holds_each_row_once(folder: Path):
+    """Offline W&B writes one folder per process (same run id); together they hold each
+    row exactly once, equal to the local store (`wandb leet inspect --json`)."""
+    segments = sorted((folder / "wandb").glob("offline-run-*"))
+    assert len(segments) == 2 and len({s.name.rsplit("-", 1)[1] for s in segments}) == 1
+    wandb_bin = Path(sys.executable).parent / "wandb"
+    history = []
+    for seg in segments:
+        r = subprocess.run(
+            [str(wandb_bin), "leet", "inspect", "--json", str(seg)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert r.returncode == 0, r.stderr
+        records = [json.loads(line) for line in r.stdout.splitlines() if line.strip()]
+        history += [r["history"] for r in records if r.get("type") == "history"]
+    rows = [h["item"] for h in history if "experience" in h["item"]]
+    local = read_rows(folder / "metrics.jsonl")
+    assert [h["iteration"] for h in rows] == [row["iteration"] for row in local]
+    for h, row in zip(rows, local, strict=True):
+        for key, value in row.items():
+            if value is None:
+                assert key not in h
+            else:
+                assert h[key] == pytest.approx(value, rel=1e-12, abs=1e-12), key
+
+
+def test_checkpoints_hold_only_safe_types(killed):
+    """Every strategy's state is tensors, numbers, strings, lists and dicts (weights_only)."""
+    safe = (torch.Tensor, int, float, str, bool, type(None))
+
+    def walk(value, where):
+        if isinstance(value, dict):
+            for k, v in value.items():
+                assert isinstance(k, int | str | tuple), where
+                walk(v, f"{where}.{k}")
+        elif isinstance(value, list | tuple):
+            for i, v in enumerate(value):
+                walk(v, f"{where}[{i}]")
+        else:
+            assert isinstance(value, safe), (where, type(value))
+
+    seen = set()
+    for label, (folder, _, _) in killed.items():
+        ckpt = torch.load(folder / "checkpoint.pt", weights_only=True)
+        walk(ckpt, label)
+        seen |= set(ckpt["strategies"])
+    assert seen == set(STRATEGIES)
+
+
+def test_resume_of_a_finished_run_says_so(tmp_path, one_thread, capsys):
+    run = cl.run([*BASE, "strategy=naive", f"run.dir={tmp_path}", "run.name=done"], quiet=True)
+    before = (run.path / "metrics.jsonl").read_bytes()
+    assert main(["run", "--resume", str(run.path)]) == 0
+    assert "already finished; nothing to resume" in capsys.readouterr().out
+    assert (run.path / "metrics.jsonl").read_bytes() == before
+
+
+def interrupted_copy(killed, tmp_path) -> Path:
+    """A copy of the SIGTERM'd child's folder (interrupted, resumable)."""
+    folder = tmp_path / "copy"
+    original = killed["wa-sigterm"][0]
+    shutil.copytree(original.with_name(f"pristine-{original.name}"), folder)
+    return folder
+
+
+def snapshot(folder: Path) -> dict:
+    return {p.relative_to(folder): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+@pytest.mark.parametrize(
+    "damage, args, message",
+    [
+        ("none", ["seed=2"], "'seed' cannot change on resume"),
+        ("none", ["strategy=naive"], "'strategy' cannot change on resume"),
+        ("none", ["optim.lr=0.5"], "'optim.lr' cannot change on resume"),
+        ("delete", [], "has no checkpoint.pt"),
+        ("truncate", [], "is corrupt or truncated"),
+        ("garbage", [], "is corrupt or truncated"),
+        ("old-format", [], "has checkpoint format 0"),
+        ("pickle", [], "is corrupt or truncated"),  # a pickled object is refused, not run
+        ("config", [], "config.yaml changed after the checkpoint"),
+        ("not-a-run", [], "is not a cl run folder"),
+    ],
+)
+def test_bad_resumes_exit_2_and_leave_the_folder_alone(
+    killed, tmp_path, capsys, damage, args, message
+):
+    folder = interrupted_copy(killed, tmp_path)
+    ckpt = folder / "checkpoint.pt"
+    if damage == "delete":
+        ckpt.unlink()
+    elif damage == "truncate":
+        ckpt.write_bytes(ckpt.read_bytes()[: ckpt.stat().st_size // 2])
+    elif damage == "garbage":
+        ckpt.write_bytes(b"not a checkpoint")
+    elif damage == "old-format":
+        data = torch.load(ckpt, weights_only=True)
+        torch.save({**data, "format": 0}, ckpt)
+    elif damage == "pickle":
+        torch.save({"format": 1, "payload": UserError("x")}, ckpt)
+    elif damage == "config":
+        with open(folder / "config.yaml", "a") as f:
+            f.write("# edited\n")
+    elif damage == "not-a-run":
+        (folder / "config.yaml").unlink()
+    before = snapshot(folder)
+    assert main(["run", "--resume", str(folder), *args]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and message in err, err
+    assert snapshot(folder) == before
+
+
+def test_harmless_overrides_are_allowed_on_resume(killed, tmp_path, one_thread):
+    folder = interrupted_copy(killed, tmp_path)
+    run = api.resume(folder, ["run.progress=true", "run.checkpoint_every=3"], quiet=True)
+    assert run.summary["status"] == "finished"
+
+
+def test_cl_does_not_import_strategies():
+    """The platform owns the hook contract and loads strategies by name (catalog)."""
+    root = Path(cl.__file__).parent
+    for path in root.glob("*.py"):
+        text = path.read_text()
+        assert "import strategies" not in text and "from strategies" not in text, path
