@@ -54,6 +54,7 @@ CASES += [
     ("wandb", "replay", ["wandb.mode=offline"], "KILL"),
 ]
 EXIT = {"KILL": -9, "TERM": 143, "INT": 130, "INT2": 130}
+NO_CHECKPOINTS = ("no-checkpoints", "naive", ["run.checkpoint=false"], "TERM")
 
 
 def overrides(case, run_dir, name):
@@ -87,9 +88,9 @@ def killed(tmp_path_factory, one_thread):
             "args": ["-q", *overrides(case, root, case[0])],
             "stderr": str(root / f"{case[0]}.err"),
         }
-        for case in CASES
+        for case in [*CASES, NO_CHECKPOINTS]
     ]
-    halves = [(CASES[i::2], jobs[i::2]) for i in (0, 1)]
+    halves = [([*CASES, NO_CHECKPOINTS][i::2], jobs[i::2]) for i in (0, 1)]
     procs = []
     for i, (_, half) in enumerate(halves):
         (root / f"jobs-{i}.json").write_text(json.dumps(half))
@@ -173,6 +174,40 @@ def check_wandb_holds_each_row_once(folder: Path):
                 assert h[key] == pytest.approx(value, rel=1e-12, abs=1e-12), key
 
 
+def test_a_run_without_checkpoints_stops_cleanly_but_cannot_resume(killed, capsys):
+    folder, code, err = killed[NO_CHECKPOINTS[0]]
+    assert code == 143 and f"interrupted: {folder} has no checkpoint to resume from" in err
+    s = json.loads((folder / "summary.json").read_text())
+    assert s["status"] == "interrupted" and s["checkpoint_iteration"] is None
+    assert len(read_rows(folder / "metrics.jsonl")) == s["n_eval_rows"] > 0
+    assert main(["run", "--resume", str(folder)]) == 2
+    assert "has no checkpoint.pt" in capsys.readouterr().err
+
+
+def test_checkpointer_saves_at_boundaries_every_n_iterations_minutes_and_on_stop(monkeypatch):
+    from types import SimpleNamespace
+
+    from cl import checkpoint
+
+    done = []
+    monkeypatch.setattr(checkpoint, "save", lambda folder, data: done.append(data["at"]))
+
+    def saves(every=5, minutes=0.0, on=True):
+        run = SimpleNamespace(checkpoint=on, checkpoint_every=every, checkpoint_minutes=minutes)
+        state = SimpleNamespace(cfg=SimpleNamespace(run=run), ctx=SimpleNamespace(iteration=0))
+        saver = checkpoint.Checkpointer(state, Path("."), lambda: {"at": state.ctx.iteration})
+        done.clear()
+        for iteration, boundary, stop in ((1, False, 0), (5, False, 0), (6, True, 0), (7, 0, 1)):
+            state.ctx.iteration = iteration
+            saver(boundary, stop=stop)
+        return list(done)
+
+    assert saves() == [5, 6, 7]  # every 5 iterations, the experience end, the stop
+    assert saves(every=1000) == [6, 7]
+    assert saves(every=1000, minutes=1e-9) == [1, 5, 6, 7]  # overdue at every safe point
+    assert saves(on=False) == []
+
+
 def test_checkpoints_hold_only_safe_types(killed):
     """Every strategy's state is tensors, numbers, strings, lists and dicts (weights_only)."""
     safe = (torch.Tensor, int, float, str, bool, type(None))
@@ -190,6 +225,8 @@ def test_checkpoints_hold_only_safe_types(killed):
 
     seen = set()
     for label, (folder, _, _) in killed.items():
+        if label == NO_CHECKPOINTS[0]:
+            continue
         ckpt = torch.load(folder / "checkpoint.pt", weights_only=True)
         walk(ckpt, label)
         seen |= set(ckpt["strategies"])
