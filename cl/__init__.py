@@ -5,7 +5,7 @@ Importing `cl` is cheap (no torch); heavy modules load on first use.
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "load_run", "run"]
+__all__ = ["__version__", "load_run", "load_sweep", "run"]
 
 
 def load_run(path):
@@ -13,6 +13,13 @@ def load_run(path):
     from cl.store import load_run as _load_run
 
     return _load_run(path)
+
+
+def load_sweep(path):
+    """Load a sweep folder: `.trials` (one row per trial) and `.aggregate` (DataFrames)."""
+    from cl.sweep.folder import load_sweep as _load_sweep
+
+    return _load_sweep(path)
 
 
 def run(overrides=(), **kwargs):

@@ -25,6 +25,17 @@ EPILOG = """examples:
 """
 
 
+SWEEP_EPILOG = """examples:
+  cl sweep strategy=naive,replay seed=range(0,3)            6 trials, 2 configurations
+  cl sweep strategy=[replay,center_loss],naive optim.lr=0.01,0.1 sweep.workers=2
+  cl sweep --spec sweep.yaml train.epochs=1                 a W&B sweep file, offline
+  cl sweep strategy=naive,gem seed=0,1 sweep.executor=ray sweep.address=auto
+  cl sweep --resume sweeps/sweep-20261201-120000           finish an interrupted sweep
+options: sweep.name, sweep.dir (sweeps), sweep.workers, sweep.threads, sweep.executor
+(local | ray), sweep.address, sweep.retries (0), sweep.metric (acc)
+"""
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="cl",
@@ -58,6 +69,21 @@ def _parser() -> argparse.ArgumentParser:
         nargs="*",
         metavar="key=value",
         help="config overrides, e.g. strategy=replay benchmark.n_tasks=10 seed=3",
+    )
+    sw = sub.add_parser(
+        "sweep",
+        help="run a grid or a W&B sweep file of runs in parallel, aggregated over seeds",
+        epilog=SWEEP_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sw.add_argument("--spec", metavar="FILE", help="a W&B sweep configuration (grid or random)")
+    sw.add_argument("--resume", metavar="SWEEP_DIR", help="finish the sweep in SWEEP_DIR")
+    sw.add_argument("-q", "--quiet", action="store_true", help="only the final table")
+    sw.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="key=a,b",
+        help="a comma list or range(a,b) sweeps a key; sweep.* set the sweep's options",
     )
     ls = sub.add_parser("list", help="list benchmarks, strategies, models or data sources")
     ls.add_argument("what", choices=["benchmarks", "strategies", "models", "sources"])
@@ -103,7 +129,7 @@ def _run(args) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args, extra = parser.parse_known_args(argv)
-    if extra and args.command == "run" and not any(a.startswith("-") for a in extra):
+    if extra and args.command in ("run", "sweep") and not any(a.startswith("-") for a in extra):
         args.overrides += extra  # overrides after an option: `cl run a=1 -q b=2`
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
@@ -112,6 +138,12 @@ def main(argv: list[str] | None = None) -> int:
             _list(args.what)
         elif args.command == "run":
             _run(args)
+        elif args.command == "sweep":
+            from cl.sweep import driver
+
+            if args.resume:
+                return driver.resume_sweep(args.resume, args.overrides, args.quiet)
+            return driver.new_sweep(args.overrides, args.spec, args.quiet)
         else:
             parser.print_help()
         return 0

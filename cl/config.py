@@ -92,7 +92,8 @@ class WandbConfig:
     mode: str = "offline"  # offline | online | disabled
     project: str = "cl"
     entity: str | None = None
-    group: str | None = None
+    group: str | None = None  # W&B run group (a sweep sets its name)
+    job_type: str | None = None  # W&B job type (a sweep sets the configuration without seed)
     tags: list[str] = field(default_factory=list)
     init_timeout: float = 15.0
 

@@ -11,7 +11,6 @@ import math
 import os
 import shutil
 import warnings
-from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -152,13 +151,21 @@ def write_json(path: str | Path, data: Any) -> None:
     tmp.replace(path)
 
 
-@dataclass
 class Run:
-    """A run folder read back: `.metrics` (one row per evaluation) and `.summary`."""
+    """A run folder read back: `.summary` (summary.json) and `.metrics` (one row per
+    evaluation, a pandas DataFrame read on first use)."""
 
-    path: Path
-    metrics: Any  # pandas.DataFrame
-    summary: dict[str, Any]
+    def __init__(self, path: Path, summary: dict[str, Any]):
+        self.path, self.summary = path, summary
+        self._metrics = None
+
+    @property
+    def metrics(self):
+        if self._metrics is None:
+            import pandas as pd
+
+            self._metrics = pd.DataFrame(read_rows(self.path / METRICS_FILE))
+        return self._metrics
 
     @property
     def config(self) -> dict[str, Any]:
@@ -173,12 +180,9 @@ class Run:
 
 def load_run(path: str | Path) -> Run:
     """Read a run folder written by `cl run` (also one whose run was killed)."""
-    import pandas as pd
-
     path = Path(path)
     if not (path / METRICS_FILE).is_file():
         raise UserError(f"{path} is not a cl run folder (no {METRICS_FILE})")
-    metrics = pd.DataFrame(read_rows(path / METRICS_FILE))
     summary_path = path / SUMMARY_FILE
     summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
-    return Run(path, metrics, summary)
+    return Run(path, summary)

@@ -168,6 +168,8 @@ def _check_run_and_wandb(cfg: DictConfig) -> None:
         raise UserError("run.dir is empty; give the folder that holds run folders (default runs)")
     if not DEVICE.fullmatch(str(r.device)):
         raise UserError(f"run.device={r.device!r}; valid choices: auto, cpu, cuda, cuda:N, mps")
+    if w.job_type is not None and len(w.job_type) > 64:
+        raise UserError(f"wandb.job_type={w.job_type!r} is longer than W&B's 64 characters")
     for key in ("project", "entity", "group"):
         value = w[key]
         if value is not None and (not value.strip() or WANDB_FORBIDDEN & set(value)):

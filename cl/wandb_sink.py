@@ -56,6 +56,7 @@ class WandbSink:
             project=cfg.project,
             entity=cfg.entity,
             group=cfg.group,
+            job_type=cfg.job_type,
             tags=list(cfg.tags),
             name=name,
             dir=str(folder),

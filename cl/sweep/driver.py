@@ -1,0 +1,303 @@
+"""`cl sweep`: validate every trial, run them on an executor, keep the sweep folder, resume.
+
+Failures never stop a sweep: a trial that diverges, raises or whose process dies is marked
+`failed` (and retried `sweep.retries` times); Ctrl-C or SIGTERM stops the running trials at
+their next safe point (`interrupted`, with a checkpoint). `cl sweep --resume DIR` skips
+finished trials, resumes interrupted ones, re-runs failed ones.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import sys
+import time
+from collections import deque
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from cl import config
+from cl.errors import UserError
+from cl.interrupt import Interrupted, catch_stops
+from cl.sweep import folder as sweep_folder
+from cl.sweep.spec import SWEEP_KEYS, Spec, from_overrides, from_wandb_file
+
+OWNED = ("run.dir", "run.name", "run.progress", "wandb.group", "wandb.job_type")
+RESUME_OPTIONS = ("workers", "threads", "executor", "address", "retries")
+METRICS = {
+    "acc", "aaa", "bwt", "fwt", "forgetting", "forgetting_initial_last", "min_acc", "wc_acc",
+    "lca", "gap_depth", "recovery_time", "recovery_rate", "online_acc", "learning_speed", "nfr",
+    "dead_units", "effective_rank", "stable_rank", "srank_99", "weight_mag", "grad_norm",
+    "n_iterations", "wall_time_s",
+}  # fmt: skip
+
+
+@dataclass
+class Options:
+    """`sweep.*` options."""
+
+    name: str | None = None
+    dir: str = "sweeps"
+    workers: int | None = None  # parallel trials; default: cores // threads
+    threads: int | None = None  # torch threads per trial; default 1 (cores // workers)
+    executor: str = "local"  # local | ray
+    address: str | None = None  # Ray cluster address or auto; none: a local Ray
+    retries: int = 0
+    metric: str = "acc"
+
+
+def cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+
+
+def parse_options(items: list[str], allowed=SWEEP_KEYS) -> dict[str, Any]:
+    import yaml
+
+    out = {}
+    for item in items:
+        key, _, text = item.partition("=")
+        name = key.removeprefix("sweep.")
+        if name not in allowed:
+            valid = ", ".join(f"sweep.{k}" for k in allowed)
+            raise UserError(f"unknown key '{key}'; valid: {valid}")
+        out[name] = yaml.safe_load(text) if text else None
+    return out
+
+
+def check_options(o: Options) -> None:
+    if o.executor not in ("local", "ray"):
+        raise UserError(f"sweep.executor={o.executor!r}; valid choices: local, ray")
+    for key in ("workers", "threads"):
+        v = getattr(o, key)
+        if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 1):
+            raise UserError(f"sweep.{key}={v!r} must be a positive integer")
+    if not isinstance(o.retries, int) or o.retries < 0:
+        raise UserError(f"sweep.retries={o.retries!r} must be an integer >= 0")
+    if o.metric not in METRICS and not o.metric.startswith(("wf_", "wp_")):
+        valid = ", ".join(sorted(METRICS))
+        raise UserError(f"sweep.metric={o.metric!r}; valid: {valid}, wf_W, wp_W (W a window)")
+    if o.name is not None and not config_name_ok(o.name):
+        raise UserError(f"sweep.name={o.name!r} must be a folder name (letters, digits, _ . - +)")
+
+
+def config_name_ok(name: str) -> bool:
+    from cl.validation import RUN_NAME
+
+    return bool(RUN_NAME.fullmatch(str(name)))
+
+
+def job_type(label: str) -> str:
+    """W&B job types hold at most 64 characters."""
+    if len(label) <= 64:
+        return label
+    return f"{label[:55]}-{hashlib.sha1(label.encode()).hexdigest()[:8]}"
+
+
+def trial_overrides(spec: dict, trial: dict) -> list[str]:
+    values = [f"{k}={v}" for k, v in trial["values"].items()]
+    label = sweep_folder.config_label(trial["values"])
+    owned = [
+        f"run.dir={spec['path']}/runs",
+        f"run.name={trial['name']}",
+        "run.progress=false",
+        f"wandb.group={spec['name']}",
+        f"wandb.job_type={job_type(label)}",
+    ]
+    return [*spec["common"], *values, *owned]
+
+
+def validate_trials(spec: dict) -> None:
+    """Compose and validate every trial's config; UserError names the offending trial."""
+    for item in spec["common"] + [f"{k}=" for k in spec["swept"]]:
+        if item.split("=", 1)[0] in OWNED:
+            raise UserError(f"{item.split('=', 1)[0]} is set by the sweep for each trial")
+    for trial in spec["trials"]:
+        try:
+            config.load(trial_overrides(spec, trial))
+        except UserError as e:
+            shown = " ".join(f"{k}={v}" for k, v in trial["values"].items())
+            raise UserError(f"trial {trial['name']} ({shown}): {e}") from None
+
+
+def plan(overrides: list[str], spec_file: str | None) -> tuple[Spec, Options]:
+    sweep_items = [o for o in overrides if o.startswith("sweep.")]
+    rest = [o for o in overrides if not o.startswith("sweep.")]
+    opts = parse_options(sweep_items)
+    if spec_file:
+        spec = from_wandb_file(spec_file)
+        grid = from_overrides(rest)
+        if any(t.values for t in grid.trials):
+            raise UserError("with --spec, sweep the keys in the spec file; overrides apply to all")
+        spec.common += grid.common
+        opts = spec.options | opts
+        if spec.metric and "metric" not in opts:
+            opts["metric"] = spec.metric
+    else:
+        spec = from_overrides(rest)
+    options = Options(**opts)
+    check_options(options)
+    return spec, options
+
+
+def new_sweep(overrides: list[str], spec_file: str | None, quiet: bool) -> int:
+    spec, options = plan(overrides, spec_file)
+    name = options.name or f"sweep-{time.strftime('%Y%m%d-%H%M%S')}"
+    path = Path(options.dir).expanduser().resolve() / name
+    lower = options.metric in sweep_folder.LOWER_IS_BETTER
+    data = {
+        "name": name,
+        "path": str(path),
+        "options": asdict(options) | {"name": name},
+        "metric": options.metric,
+        "goal": spec.goal or ("minimize" if lower else "maximize"),
+        "common": spec.common,
+        "swept": list(spec.trials[0].values),
+        "trials": [{"name": t.name, "values": t.values} for t in spec.trials],
+    }
+    validate_trials(data)
+    if path.exists():
+        raise UserError(
+            f"{path} already exists; choose another sweep.name, or: cl sweep --resume {path}"
+        )
+    try:
+        (path / "runs").mkdir(parents=True)
+    except OSError as e:
+        raise UserError(f"cannot create the sweep folder {path}: {e.strerror or e}") from None
+    sweep_folder.write_spec(path, data)
+    for note in spec.notes:
+        print(note, file=sys.stderr)
+    return execute(data, options, quiet)
+
+
+def resume_sweep(path: str, overrides: list[str], quiet: bool) -> int:
+    path_ = Path(path).expanduser().resolve()
+    data = sweep_folder.read_spec(path_)
+    if [o for o in overrides if not o.startswith("sweep.")]:
+        keys = ", ".join(f"sweep.{k}" for k in RESUME_OPTIONS)
+        raise UserError(f"a resumed sweep keeps its trials and config; only {keys} may change")
+    opts = data["options"] | parse_options(overrides, RESUME_OPTIONS)
+    options = Options(**opts)
+    check_options(options)
+    data["path"] = str(path_)
+    return execute(data, options, quiet)
+
+
+def execute(data: dict, options: Options, quiet: bool) -> int:
+    """Run every trial not finished yet; write the tables; the exit code (0, 1, 128+sig)."""
+    path = Path(data["path"])
+    threads = options.threads or max(1, cores() // (options.workers or cores()))
+    states = sweep_folder.last_states(path)
+    journal = sweep_folder.Journal(path)
+    queue: deque = deque()
+    for trial in data["trials"]:
+        last = states.get(trial["name"], {})
+        job = next_job(path, data, trial, last, threads)
+        if job is not None:
+            queue.append(job)
+            journal(trial["name"], "queued", attempt=job["attempt"], mode=job["mode"])
+        elif last.get("state") != "finished":  # finished, but the driver died before noting it
+            journal(trial["name"], "finished", attempt=last.get("attempt", 1))
+            states[trial["name"]] = {"state": "finished"}
+    if options.executor == "ray":
+        from cl.sweep.executors import RayPool
+
+        gpus = 1.0 if "run.device=cuda" in " ".join(data["common"]) else 0.0
+        pool = RayPool(options.address, options.workers, threads, gpus)
+    else:
+        from cl.sweep.executors import LocalPool
+
+        workers = min(options.workers or max(1, cores() // threads), max(1, len(queue)))
+        pool = LocalPool(workers, threads)
+    total, done, signum = len(data["trials"]), total_done(states), None
+    if not quiet:
+        print(f"sweep {path}: {len(queue)} of {total} trials to run, {pool.capacity} at a time")
+    try:
+        with catch_stops() as stop:
+            running = 0
+            while queue or running:
+                while queue and running < pool.capacity and stop.signum is None:
+                    job = queue.popleft()
+                    journal(job["trial"], "running", attempt=job["attempt"], mode=job["mode"])
+                    pool.submit(job)
+                    running += 1
+                try:
+                    finished = pool.wait(0.2)
+                except Interrupted as e:  # a second signal: forward it, stop at once
+                    pool.interrupt(e.signum)
+                    continue
+                if stop.signum is not None and signum is None:
+                    signum = stop.signum
+                    pool.interrupt(signum)
+                    queue.clear()
+                for job, result in finished:
+                    running -= 1
+                    state, error = result["status"], result.get("error")
+                    journal(
+                        job["trial"],
+                        state,
+                        attempt=job["attempt"],
+                        error=error,
+                        overhead_s=result.get("overhead_s"),
+                    )
+                    done += state == "finished"
+                    if not quiet:
+                        why = f" ({first_line(error)})" if error else ""
+                        print(f"[{done}/{total}] {job['trial']}: {state}{why}", flush=True)
+                    if state == "failed" and job["attempt"] <= options.retries and signum is None:
+                        trial = next(t for t in data["trials"] if t["name"] == job["trial"])
+                        last = {"state": "failed", "attempt": job["attempt"]}
+                        retry = next_job(path, data, trial, last, threads)
+                        journal(trial["name"], "queued", attempt=retry["attempt"], mode="start")
+                        queue.append(retry)
+    finally:
+        pool.close()
+        journal.close()
+    trials, aggregate = sweep_folder.tables(path, data)
+    if not quiet:
+        print(sweep_folder.table_text(aggregate, data["metric"]))
+        print(f"sweep folder: {path}")
+    failed = trials[trials["status"] == "failed"]["trial"].tolist()
+    if signum is not None:
+        print(f"interrupted; continue with: cl sweep --resume {path}", file=sys.stderr)
+        return 128 + signum
+    if failed:
+        print(f"{len(failed)} trial(s) failed: {', '.join(failed)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def run_status(run_dir: Path) -> str | None:
+    try:
+        return json.loads((run_dir / "summary.json").read_text()).get("status")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def first_line(text: str | None) -> str:
+    return (text or "").strip().splitlines()[0][:200] if text else ""
+
+
+def total_done(states: dict) -> int:
+    return sum(1 for s in states.values() if s.get("state") == "finished")
+
+
+def next_job(path: Path, data: dict, trial: dict, last: dict, threads: int) -> dict | None:
+    """How to go on with `trial` given its last journal record: None when finished; resume
+    a stopped run from its checkpoint; else start afresh (a failed or partial run folder is
+    kept under failed/)."""
+    name, state = trial["name"], last.get("state")
+    attempt = last.get("attempt", 0) + (state == "failed")
+    run_dir = path / "runs" / name
+    job = {"trial": name, "threads": threads, "attempt": max(attempt, 1), "run_dir": str(run_dir)}
+    if state == "finished" or run_status(run_dir) == "finished":
+        return None
+    if state != "failed" and (run_dir / "checkpoint.pt").is_file():
+        return job | {"mode": "resume"}
+    if run_dir.exists():
+        keep = path / "failed" / f"{name}-attempt{last.get('attempt', 0)}-{int(time.time())}"
+        keep.parent.mkdir(exist_ok=True)
+        shutil.move(str(run_dir), keep)
+    return job | {"mode": "start", "overrides": trial_overrides(data, trial)}

@@ -1,0 +1,198 @@
+"""Where trials run: a pool of warm local worker processes, or tasks on a Ray cluster.
+
+Both run each trial through `run_trial`, the same code as `cl run` (or `cl run --resume`),
+and share one interface: `capacity`, `submit(job)`, `wait(timeout) -> [(job, result)]`,
+`interrupt(signum)` (stop the running trials at their next safe point), `close()`.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+import traceback
+from multiprocessing import connection, get_context
+from typing import Any
+
+
+def run_trial(job: dict[str, Any]) -> dict[str, Any]:
+    """Start or resume one trial in this process; never raises. `overhead_s` is the time
+    spent here outside the run itself (config, bookkeeping)."""
+    began = time.perf_counter()
+    from cl import api, config
+    from cl.errors import RunFailed, UserError
+    from cl.interrupt import Interrupted
+
+    result: dict[str, Any] = {"status": "failed", "error": None}
+    run_s = 0.0
+    try:
+        import torch
+
+        torch.set_num_threads(job["threads"])
+        if job["mode"] == "resume":
+            t = time.perf_counter()
+            api.resume(job["run_dir"], quiet=True)
+        else:
+            cfg, tree = config.load(job["overrides"])
+            t = time.perf_counter()
+            api.start(cfg, config.as_plain(tree), quiet=True)
+        run_s = time.perf_counter() - t
+        result["status"] = "finished"
+    except (Interrupted, KeyboardInterrupt):
+        result["status"] = "interrupted"
+    except (RunFailed, UserError) as e:
+        result["error"] = str(e)
+    except Exception as e:  # noqa: BLE001 - a trial's bug must not stop the sweep
+        result["error"] = f"{type(e).__name__}: {e}\n{traceback.format_exc(limit=8)}"
+    if run_s == 0.0 and result["status"] != "finished":
+        run_s = time.perf_counter() - began
+    result["overhead_s"] = round(time.perf_counter() - began - run_s, 4)
+    return result
+
+
+# --- local: warm worker processes -----------------------------------------------------------
+
+
+def _worker(conn, threads: int) -> None:
+    """A worker: `threads` BLAS/OpenMP threads, dies with the driver, ignores signals while
+    idle (a running trial handles them itself), runs jobs until told to stop."""
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        os.environ[var] = str(threads)
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG (Linux)
+    except (OSError, AttributeError):
+        pass
+    os.setpgrp()  # the terminal's Ctrl-C goes to the driver, which forwards it once
+    for s in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(s, signal.SIG_IGN)
+    import torch
+
+    torch.set_num_threads(threads)
+    import cl.api  # noqa: F401 - warm: torch, cl and the optimizer machinery, once
+
+    torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
+    while True:
+        try:
+            job = conn.recv()
+        except EOFError:
+            return
+        if job is None:
+            return
+        conn.send(run_trial(job))
+
+
+class LocalPool:
+    """`workers` warm processes (spawned, so no thread pool is inherited)."""
+
+    def __init__(self, workers: int, threads: int):
+        self.ctx = get_context("spawn")
+        self.threads, self.capacity = threads, workers
+        self.procs: list = []
+        self.busy: dict[int, dict] = {}  # worker index -> job
+        for _ in range(workers):
+            self.procs.append(self._spawn())
+
+    def _spawn(self):
+        parent, child = self.ctx.Pipe()
+        proc = self.ctx.Process(target=_worker, args=(child, self.threads), daemon=True)
+        proc.start()
+        child.close()
+        return proc, parent
+
+    def submit(self, job: dict[str, Any]) -> None:
+        i = next(i for i in range(len(self.procs)) if i not in self.busy)
+        if not self.procs[i][0].is_alive():  # died while idle
+            self.procs[i] = self._spawn()
+        self.busy[i] = job
+        self.procs[i][1].send(job)
+
+    def wait(self, timeout: float) -> list[tuple[dict, dict]]:
+        waits = {}
+        for i in self.busy:
+            proc, conn = self.procs[i]
+            waits[conn], waits[proc.sentinel] = i, i
+        done = []
+        for i in dict.fromkeys(waits[r] for r in connection.wait(list(waits), timeout)):
+            proc, conn = self.procs[i]
+            try:
+                result = conn.recv() if conn.poll() else None
+            except (EOFError, OSError):
+                result = None
+            if result is None:  # the worker died with its trial
+                proc.join(1)
+                result = {"status": "failed", "error": f"worker died (exit {proc.exitcode})"}
+                self.procs[i] = self._spawn()
+            done.append((self.busy.pop(i), result))
+        return done
+
+    def interrupt(self, signum: int) -> None:
+        for i in self.busy:
+            try:
+                os.kill(self.procs[i][0].pid, signum)
+            except ProcessLookupError:
+                pass
+
+    def close(self) -> None:
+        for _, conn in self.procs:
+            try:
+                conn.send(None)
+            except (OSError, ValueError):
+                pass
+        for proc, _ in self.procs:
+            proc.join(5)
+            if proc.is_alive():
+                proc.kill()
+
+
+# --- Ray: one task per trial ------------------------------------------------------------------
+
+
+class RayPool:
+    """Each trial is a Ray task (`num_cpus` = threads, `num_gpus` = 1 for a GPU device) on the
+    cluster at `address` ("auto", "host:port"), or on a local Ray started here when None.
+    Tasks (not Tune trials): cl already owns retries, resume and the results table, and a task
+    runs the same `run_trial` as a local worker; Ray reuses its worker processes, so they stay
+    warm between trials."""
+
+    def __init__(self, address: str | None, workers: int | None, threads: int, gpus: float):
+        import ray
+
+        self.ray = ray
+        kwargs = dict(include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+        if address:
+            ray.init(address=address, **kwargs)
+        else:
+            ray.init(num_cpus=os.cpu_count(), **kwargs)
+        cpus = int(ray.cluster_resources().get("CPU", 1))
+        self.capacity = workers or max(1, cpus // threads)
+        self.task = ray.remote(num_cpus=threads, num_gpus=gpus, max_retries=0)(run_trial)
+        self.running: dict[Any, dict] = {}
+
+    def submit(self, job: dict[str, Any]) -> None:
+        self.running[self.task.remote(job)] = job
+
+    def wait(self, timeout: float) -> list[tuple[dict, dict]]:
+        if not self.running:
+            time.sleep(timeout)
+            return []
+        ready, _ = self.ray.wait(list(self.running), num_returns=len(self.running), timeout=timeout)
+        done = []
+        for ref in ready:
+            job = self.running.pop(ref)
+            try:
+                result = self.ray.get(ref)
+            except self.ray.exceptions.TaskCancelledError:
+                result = {"status": "interrupted", "error": None}
+            except self.ray.exceptions.RayError as e:
+                result = {"status": "failed", "error": f"Ray: {str(e).splitlines()[0][:300]}"}
+            done.append((job, result))
+        return done
+
+    def interrupt(self, signum: int) -> None:
+        for ref in self.running:
+            self.ray.cancel(ref)  # KeyboardInterrupt in the task: the run stops, interrupted
+
+    def close(self) -> None:
+        self.ray.shutdown()
