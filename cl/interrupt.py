@@ -13,6 +13,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
+PENDING: list[int] = []  # signals that came before a run installed its handlers (sweep workers)
+
+
+def note_pending(signum: int, frame) -> None:
+    """A handler for processes that start runs later: the next run stops at once."""
+    PENDING.append(signum)
 
 
 class Interrupted(Exception):
@@ -30,9 +36,10 @@ class Interrupted(Exception):
 class StopRequest:
     """Set by the signal handler; read by the runner's safe point."""
 
-    def __init__(self) -> None:
+    def __init__(self, what: str = "stopping after this iteration (checkpoint)") -> None:
         self.signum: int | None = None
         self.finishing = False  # writing the run's outputs: signals only print a note
+        self.what = what
 
     def handle(self, signum: int, frame) -> None:
         if self.finishing:
@@ -42,17 +49,19 @@ class StopRequest:
             raise Interrupted(signum)
         self.signum = signum
         print(
-            f"\n{signal.Signals(signum).name}: stopping after this iteration (checkpoint); "
-            "send it again to stop at once",
+            f"\n{signal.Signals(signum).name}: {self.what}; send it again to stop at once",
             file=sys.stderr,
             flush=True,
         )
 
 
 @contextmanager
-def catch_stops() -> Iterator[StopRequest]:
-    """Route SIGINT/SIGTERM to a StopRequest while the block runs (main thread only)."""
-    stop = StopRequest()
+def catch_stops(what: str | None = None) -> Iterator[StopRequest]:
+    """Route SIGINT/SIGTERM to a StopRequest while the block runs (main thread only);
+    `what` says what the first signal does."""
+    stop = StopRequest(what) if what else StopRequest()
+    if PENDING:
+        stop.signum = PENDING[-1]
     if threading.current_thread() is not threading.main_thread():
         yield stop
         return

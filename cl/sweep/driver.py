@@ -215,7 +215,7 @@ def execute(data: dict, options: Options, quiet: bool) -> int:
     if not quiet:
         print(f"sweep {path}: {len(queue)} of {total} trials to run, {pool.capacity} at a time")
     try:
-        with catch_stops() as stop:
+        with catch_stops("stopping the running trials at their next safe point") as stop:
             running = 0
             while queue or running:
                 while queue and running < pool.capacity and stop.signum is None:

@@ -54,8 +54,9 @@ def run_trial(job: dict[str, Any]) -> dict[str, Any]:
 
 
 def _worker(conn, threads: int) -> None:
-    """A worker: `threads` BLAS/OpenMP threads, dies with the driver, ignores signals while
-    idle (a running trial handles them itself), runs jobs until told to stop."""
+    """A worker: `threads` BLAS/OpenMP threads, dies with the driver, runs jobs until told
+    to stop. A signal outside a run (the trial not started yet) stops the trial's run at its
+    first safe point; during the run, the run handles it."""
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         os.environ[var] = str(threads)
     try:
@@ -65,8 +66,10 @@ def _worker(conn, threads: int) -> None:
     except (OSError, AttributeError):
         pass
     os.setpgrp()  # the terminal's Ctrl-C goes to the driver, which forwards it once
+    from cl.interrupt import note_pending
+
     for s in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(s, signal.SIG_IGN)
+        signal.signal(s, note_pending)  # a stop sent before the trial's run began
     import torch
 
     torch.set_num_threads(threads)
