@@ -204,7 +204,8 @@ def execute(data: dict, options: Options, quiet: bool) -> int:
     if options.executor == "ray":
         from cl.sweep.executors import RayPool
 
-        gpus = 1.0 if "run.device=cuda" in " ".join(data["common"]) else 0.0
+        cfg, _ = config.load(trial_overrides(data, data["trials"][0]))
+        gpus = 1.0 if cfg.run.device.startswith("cuda") else 0.0  # auto: CPU on Ray
         pool = RayPool(options.address, options.workers, threads, gpus)
     else:
         from cl.sweep.executors import LocalPool
