@@ -212,6 +212,8 @@ def _drive(cfg, plain_config, folder: Path, state, run_id: str, rows: int, quiet
                 s.close(code) if s is wandb else s.close()
     if not quiet:
         print(summary_table(summary, f"run {folder}"))
+        if (folder / "report.html").is_file():
+            print(f"report {folder / 'report.html'}")
     if status == "interrupted":
         raise Interrupted(signum, folder, saver.saved_at)
     if error:

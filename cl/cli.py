@@ -85,6 +85,13 @@ def _parser() -> argparse.ArgumentParser:
         metavar="key=a,b",
         help="a comma list or range(a,b) sweeps a key; sweep.* set the sweep's options",
     )
+    rp = sub.add_parser("report", help="one self-contained HTML report of run or sweep folders")
+    rp.add_argument("paths", nargs="+", metavar="PATH", help="run folders or sweep folders")
+    rp.add_argument("-o", "--output", metavar="FILE.html", help="default: PATH/report.html")
+    db = sub.add_parser("dashboard", help="serve the report live while runs or a sweep go on")
+    db.add_argument("paths", nargs="+", metavar="PATH", help="run folders or sweep folders")
+    db.add_argument("--port", type=int, default=0, help="default: a free port")
+    db.add_argument("--host", default="127.0.0.1", help="default 127.0.0.1 (this machine only)")
     ls = sub.add_parser("list", help="list benchmarks, strategies, models or data sources")
     ls.add_argument("what", choices=["benchmarks", "strategies", "models", "sources"])
     return p
@@ -138,6 +145,14 @@ def main(argv: list[str] | None = None) -> int:
             _list(args.what)
         elif args.command == "run":
             _run(args)
+        elif args.command == "report":
+            from cl.report import build
+
+            print(f"report {build(args.paths, args.output)}")
+        elif args.command == "dashboard":
+            from cl.report import server
+
+            return server.main(args.paths, args.host, args.port)
         elif args.command == "sweep":
             from cl.sweep import driver
 

@@ -107,6 +107,7 @@ class RunSection:
     checkpoint: bool = True  # false: no checkpoints, so no resume
     checkpoint_every: int = 1000  # also checkpoint every N training iterations ...
     checkpoint_minutes: float = 10.0  # ... and every N minutes of wall time (0 = off)
+    report: bool = True  # write report.html (and log it to W&B) when the run ends
 
 
 @dataclass

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -23,8 +24,9 @@ def summary(state, status: str, error: str | None, wall_time_s: float) -> dict:
 
 
 def write(folder: Path, values: dict, wandb, cfg: RunConfig, finished: bool) -> None:
-    """Write the summary (file and W&B), the accuracy matrix and, for a run with rows, plots
-    (logged to W&B only when the run finished: an interrupted one goes on later)."""
+    """Write the summary (file and W&B), the accuracy matrix and, for a run with rows, the
+    plots and report.html (logged to W&B only when the run finished: an interrupted one goes
+    on later)."""
     if values.get("accuracy_matrix"):
         R = np.array(values["accuracy_matrix"], dtype=float)
         np.savetxt(folder / "accuracy_matrix.csv", R, delimiter=",", fmt="%.6f")
@@ -42,5 +44,14 @@ def write(folder: Path, values: dict, wandb, cfg: RunConfig, finished: bool) -> 
     if values.get("accuracy_matrix"):
         R = np.array(values["accuracy_matrix"], dtype=float)
         paths.append(plots.accuracy_matrix(R, folder / "plots" / "accuracy_matrix.png"))
+    report = None
+    if cfg.run.report:
+        from cl.report import build
+
+        try:
+            report = build([folder])
+        except Exception as e:  # noqa: BLE001 - the run's own outputs are written already
+            why = f"{type(e).__name__}: {e}"
+            print(f"warning: the report could not be built ({why})", file=sys.stderr)
     if wandb is not None and finished:
-        wandb.images({f"plots/{p.stem}": p for p in paths})
+        wandb.images({f"plots/{p.stem}": p for p in paths}, report)

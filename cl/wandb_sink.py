@@ -134,10 +134,16 @@ class WandbSink:
             if isinstance(v, int | float | str | bool):
                 self._guard(lambda run, k=k, v=v: run.summary.__setitem__(k, v))
 
-    def images(self, paths: dict[str, Path]) -> None:
-        """Log images once, one step after the last row (a finished run's plots)."""
-        images = lambda: {k: self.wandb.Image(str(p)) for k, p in paths.items()}  # noqa: E731
-        self._guard(lambda run: run.log(images(), step=self.step))
+    def images(self, paths: dict[str, Path], report: Path | None = None) -> None:
+        """Log a finished run's plots and its HTML report, one step after the last row."""
+
+        def media() -> dict[str, Any]:
+            out: dict[str, Any] = {k: self.wandb.Image(str(p)) for k, p in paths.items()}
+            if report is not None:
+                out["report"] = self.wandb.Html(report.read_text(), inject=False)
+            return out
+
+        self._guard(lambda run: run.log(media(), step=self.step))
 
     def close(self, exit_code: int = 0) -> None:
         self._guard(lambda run: run.finish(exit_code=exit_code))

@@ -1,0 +1,17 @@
+"""Reports: run and sweep folders -> one self-contained HTML page (`cl report`); the live
+dashboard (`cl dashboard`) serves the same page and keeps it current."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def build(paths: list[str | Path], out: str | Path | None = None) -> Path:
+    """Write the report of `paths` (run or sweep folders) to `out` (default: `report.html`
+    in the single folder given, else `./report.html`); returns its path."""
+    from cl.report.collect import collect
+    from cl.report.page import write_report
+
+    if out is None:
+        out = Path(paths[0]) / "report.html" if len(paths) == 1 else Path("report.html")
+    return write_report(collect(paths), Path(out))

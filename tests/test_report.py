@@ -1,0 +1,233 @@
+"""`cl report` and `cl dashboard`, checked in a real headless Chromium (Debian's, driven by
+Playwright): charts render with one trace per task, hover shows values, the stability-gap view
+has a panel per switch, no console errors; the dashboard shows appended rows, refuses other
+paths and shows hostile names as text. Plus downsampling and the 100,000-iteration size."""
+
+import http.client
+import json
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import cl
+from cl.cli import main
+from cl.report import build
+from cl.report.downsample import minmax
+from cl.report.server import serve
+
+CHROMIUM = "/usr/bin/chromium"
+ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+HOSTILE = "<script>alert(1)</script>"
+
+
+def test_downsampling_keeps_a_one_iteration_dip():
+    x = np.arange(100_000, dtype=float)
+    y = np.full_like(x, 0.9)
+    y[54_321] = 0.1  # a one-evaluation drop
+    y[77_777] = 1.0
+    xs, ys = minmax(x, y, 2000)
+    assert len(xs) <= 2000 and 54_321 in xs and 77_777 in xs
+    assert ys.min() == 0.1 and ys.max() == 1.0 and xs[0] == 0 and xs[-1] == 99_999
+    assert np.all(np.diff(xs) > 0)
+    short = minmax(x[:10], y[:10], 2000)
+    assert len(short[0]) == 10
+
+
+@pytest.fixture(scope="module")
+def small_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("report")
+    args = [
+        f"run.dir={root}",
+        "run.name=run",
+        "run.progress=false",
+        "wandb.mode=disabled",
+        "benchmark.source=digits",
+        "model.hidden=[32]",
+        "train.epochs=4",  # 184 iterations
+        "plasticity.every=10",
+        f"wandb.tags=[{json.dumps(HOSTILE)}]",  # a hostile string in the config
+    ]
+    run = cl.run(args, quiet=True)
+    return run.path
+
+
+@pytest.fixture(scope="module")
+def browser():
+    playwright = pytest.importorskip("playwright.sync_api")
+    if not Path(CHROMIUM).exists():
+        pytest.skip("no /usr/bin/chromium (apt-get install chromium)")
+    with playwright.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        yield b
+        b.close()
+
+
+def open_page(browser, url):
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    page.errors, page.dialogs, page.requests = [], [], []
+    page.on("request", lambda r: page.requests.append(r.url))
+    page.on("console", lambda m: page.errors.append(m.text) if m.type == "error" else None)
+    page.on("pageerror", lambda e: page.errors.append(str(e)))
+    page.on("dialog", lambda d: (page.dialogs.append(d.message), d.dismiss()))
+    page.goto(url)
+    page.wait_for_function("document.querySelectorAll('.js-plotly-plot').length >= 5")
+    return page
+
+
+def traces(page, chart):
+    return page.evaluate(f"document.getElementById('chart-{chart}').data.map(t => t.name)")
+
+
+def test_the_run_writes_a_self_contained_report(small_run):
+    report = small_run / "report.html"
+    text = report.read_text()
+    assert report.stat().st_size < 10e6
+    assert HOSTILE not in text and "&lt;script&gt;alert(1)&lt;/script&gt;" in text
+
+
+def test_report_renders_in_chromium(small_run, browser, tmp_path):
+    page = open_page(browser, (small_run / "report.html").as_uri())
+    ids = page.evaluate("[...document.querySelectorAll('.js-plotly-plot')].map(e => e.id)")
+    charts = ("accuracy", "gap", "average", "matrix", "training", "plasticity")
+    assert [f"chart-{c}" for c in charts] == ids
+    assert page.requests == [(small_run / "report.html").as_uri()]  # no network at all
+    assert traces(page, "accuracy") == [f"task {i}" for i in range(5)]  # one trace per task
+    # the stability-gap view: one panel per switch (4 switches in 5 tasks)
+    axes = page.evaluate("Object.keys(document.getElementById('chart-gap').layout)")
+    assert len([a for a in axes if a.startswith("xaxis")]) == 4
+    titles = page.evaluate(
+        "document.getElementById('chart-gap').layout.annotations.map(a => a.text)"
+    )
+    assert [t.split(":")[0] for t in titles] == [f"switch {k}" for k in range(1, 5)]
+    page.locator("#chart-accuracy").scroll_into_view_if_needed()
+    box = page.locator("#chart-accuracy .nsewdrag").first.bounding_box()
+    page.mouse.move(box["x"] + box["width"] * 0.6, box["y"] + box["height"] * 0.5)
+    layer = "document.querySelector('#chart-accuracy .hoverlayer').textContent"
+    page.wait_for_function(f"{layer}.length > 0", timeout=5000)
+    hover = page.evaluate(layer)
+    assert any(ch.isdigit() for ch in hover), hover  # exact values on hover
+    assert "min-ACC" in page.inner_text("#tables") or "min_acc" in page.inner_text("#tables")
+    shot = tmp_path / "report.png"
+    page.screenshot(path=str(shot), full_page=True)
+    assert len(set(page.screenshot()[::97])) > 50  # not a blank page
+    assert page.errors == [] and page.dialogs == []
+    assert HOSTILE in page.evaluate("document.getElementById('tables').textContent")  # as text
+    page.close()
+
+
+def test_sweep_report_has_one_colour_per_configuration(tmp_path, browser):
+    for seed in (0, 1):
+        for strategy in ("naive", "replay"):
+            cl.run(
+                [
+                    f"run.dir={tmp_path}/runs",
+                    f"run.name={strategy}-{seed}",
+                    f"strategy={strategy}",
+                    f"seed={seed}",
+                    "run.progress=false",
+                    "run.report=false",
+                    "wandb.mode=disabled",
+                    "benchmark.source=digits",
+                    "benchmark.n_tasks=3",
+                    "model.hidden=[32]",
+                    "train.epochs=1",
+                ],
+                quiet=True,
+            )
+    folders = sorted(str(p) for p in (tmp_path / "runs").iterdir())
+    assert main(["report", *folders, "-o", str(tmp_path / "r.html")]) == 0
+    page = open_page(browser, (tmp_path / "r.html").as_uri())
+    names = {n for n in traces(page, "average") if n}  # bands have no name
+    assert names == {"strategy=naive", "strategy=replay"}
+    rows = page.locator("table.sortable").first.locator("tbody tr")
+    assert rows.count() == 2 and "2" in rows.first.inner_text()  # n = 2 seeds each
+    page.locator("table.sortable th", has_text="acc").first.click()  # sortable
+    assert page.errors == []
+    page.close()
+
+
+def partial_copy(run: Path, dest: Path, rows: int) -> Path:
+    """A copy of `run` as it was after `rows` rows (no summary yet: still running)."""
+    dest.mkdir()
+    shutil.copy(run / "config.yaml", dest / "config.yaml")
+    shutil.copy(run / "environment.json", dest / "environment.json")
+    lines = (run / "metrics.jsonl").read_text().splitlines(keepends=True)
+    (dest / "metrics.jsonl").write_text("".join(lines[:rows]))
+    return dest
+
+
+def test_dashboard_follows_a_running_run(small_run, browser, tmp_path):
+    name = "<img src=x onerror=alert(1)>"  # a hostile run name (no / in a folder name)
+    live = partial_copy(small_run, tmp_path / name, 100)
+    server = serve([str(live)], "127.0.0.1", 0)
+    host, port = server.server_address[:2]
+    try:
+        conn = http.client.HTTPConnection(host, port, timeout=10)
+        for path in ("/../config.yaml", "/config.yaml", "/%2e%2e/etc/passwd", "/etc/passwd"):
+            conn.request("GET", path)
+            response = conn.getresponse()
+            response.read()
+            assert response.status == 404, path
+        page = open_page(browser, f"http://{host}:{port}/")
+        assert page.inner_text("#title") == name  # the name shows as text
+        last = "Math.max(...document.getElementById('chart-average')._fullData[0].x)"
+        assert page.evaluate(last) == 99
+        lines = (small_run / "metrics.jsonl").read_text().splitlines(keepends=True)
+        began = time.perf_counter()
+        with open(live / "metrics.jsonl", "a") as f:
+            f.write("".join(lines[100:150]))
+        page.wait_for_function(f"{last} >= 149", polling=100, timeout=10_000)
+        latency = time.perf_counter() - began
+        shutil.copy(small_run / "summary.json", live / "summary.json")
+        page.wait_for_function(
+            "document.querySelector('#tables .status').textContent === 'finished'",
+            polling=100,
+            timeout=10_000,
+        )
+        assert page.errors == [] and page.dialogs == []
+        page.close()
+        print(f"dashboard update latency: {latency:.2f} s")
+    finally:
+        server.shutdown()
+    assert not (live / "report.html").exists()  # the dashboard never writes
+
+
+def synthetic_run(folder: Path, iterations: int = 100_000, tasks: int = 20) -> Path:
+    """A run folder in cl's format with `iterations` rows over `tasks` tasks (no training)."""
+    rng = np.random.default_rng(0)
+    folder.mkdir(parents=True)
+    per = iterations // tasks
+    with open(folder / "metrics.jsonl", "w") as f:
+        for it in range(iterations + 1):
+            k = min(it // per, tasks - 1)
+            row = {"iteration": it, "experience": k, "epoch": 0}
+            row["train/loss"], row["train/online_acc"] = rng.random(2).tolist()
+            accs = rng.random(k + 1).tolist()
+            row |= {f"eval/acc/task_{i}": a for i, a in enumerate(accs)}
+            row["eval/acc/avg_seen"] = sum(accs) / len(accs)
+            f.write(json.dumps(row) + "\n")
+    (folder / "summary.json").write_text(json.dumps({"status": "finished", "acc": 0.5}))
+    (folder / "config.yaml").write_text("seed: 0\n")
+    return folder
+
+
+def test_a_100k_iteration_run_gives_a_light_report(tmp_path):
+    folder = synthetic_run(tmp_path / "long")
+    began = time.perf_counter()
+    report = build([folder])
+    took = time.perf_counter() - began
+    size = report.stat().st_size
+    print(f"100,000 iterations x 20 tasks: report {size / 1e6:.1f} MB in {took:.1f} s")
+    assert size < 10e6
+    assert took < 60  # a few seconds on 2 cores; the bound only catches a pathology
