@@ -41,7 +41,8 @@ def test_killing_wandb_core_mid_run_loses_nothing(tmp_path):
     folder = tmp_path / "run"
     cmd = [sys.executable, "-m", "cl", "run", "-q", *SMALL, "train.epochs=20"]
     cmd += [f"run.dir={tmp_path}", "run.name=run", "wandb.mode=offline"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    env = {k: v for k, v in os.environ.items() if k != "WANDB_SERVICE"}  # its own wandb-core
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     try:
         metrics, deadline = folder / "metrics.jsonl", time.time() + 300
         while not metrics.exists() or metrics.read_bytes().count(b"\n") < 50:

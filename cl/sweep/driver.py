@@ -99,6 +99,7 @@ def job_type(label: str) -> str:
 def trial_overrides(spec: dict, trial: dict) -> list[str]:
     values = [f"{k}={v}" for k, v in trial["values"].items()]
     label = sweep_folder.config_label(trial["values"])
+    quiet = ["run.report=false"]  # one report for the sweep, not one per trial (5 MB each)
     owned = [
         f"run.dir={spec['path']}/runs",
         f"run.name={trial['name']}",
@@ -106,7 +107,7 @@ def trial_overrides(spec: dict, trial: dict) -> list[str]:
         f"wandb.group={spec['name']}",
         f"wandb.job_type={job_type(label)}",
     ]
-    return [*spec["common"], *values, *owned]
+    return [*quiet, *spec["common"], *values, *owned]
 
 
 def validate_trials(spec: dict) -> None:
@@ -257,9 +258,10 @@ def execute(data: dict, options: Options, quiet: bool) -> int:
         pool.close()
         journal.close()
     trials, aggregate = sweep_folder.tables(path, data)
+    report = _report(path)
     if not quiet:
         print(sweep_folder.table_text(aggregate, data["metric"]))
-        print(f"sweep folder: {path}")
+        print(f"sweep folder: {path}" + (f"\nreport {report}" if report else ""))
     failed = trials[trials["status"] == "failed"]["trial"].tolist()
     if signum is not None:
         print(f"interrupted; continue with: cl sweep --resume {path}", file=sys.stderr)
@@ -268,6 +270,17 @@ def execute(data: dict, options: Options, quiet: bool) -> int:
         print(f"{len(failed)} trial(s) failed: {', '.join(failed)}", file=sys.stderr)
         return 1
     return 0
+
+
+def _report(path: Path) -> Path | None:
+    """The sweep's report.html (all trials, grouped by configuration), if it can be built."""
+    from cl.report import build
+
+    try:
+        return build([path])
+    except Exception as e:  # noqa: BLE001 - the tables are written; a report is a bonus
+        print(f"warning: no sweep report ({type(e).__name__}: {e})", file=sys.stderr)
+        return None
 
 
 def run_status(run_dir: Path) -> str | None:

@@ -18,6 +18,7 @@ import sys
 import torch
 
 torch.set_num_threads(1)
+os.environ.pop("WANDB_SERVICE", None)  # runs start their own W&B service, not the caller's
 
 import cl.api  # noqa: E402,F401 - everything a run needs, imported before forking
 import cl.checkpoint  # noqa: E402,F401
