@@ -170,10 +170,12 @@ def gap(report: Report, after: int = 300) -> tuple[dict, list[dict]]:
     rows = -(-len(switches) // cols)
     stats = [_switch_stats(report, k + 1) for k in range(len(switches))]
     titles = [
-        f"switch {k + 1}: min {s['min']:.3f} at +{s['at']}, depth {s['depth']:.3f}"
+        f"switch {k + 1}: min {s['min']:.3f} at +{s['at']}<br>depth {s['depth']:.3f}"
+        + ("" if s["recovery"] is None else f", recovery {s['recovery']:.0f} it")
         for k, s in enumerate(stats)
     ]
     fig = make_subplots(rows=rows, cols=cols, subplot_titles=titles, shared_yaxes=True)
+    fig.update_annotations(font_size=12)
     single = len(report.runs) == 1
     for k, s in enumerate(switches):
         row, col = k // cols + 1, k % cols + 1
@@ -188,7 +190,7 @@ def gap(report: Report, after: int = 300) -> tuple[dict, list[dict]]:
                 x = w["iteration"].to_numpy() - s
                 for i in range(k + 1) if single else ():
                     line = dict(color=_colour(i), width=1)
-                    _panel(fig, row, col, x, old.iloc[:, i], f"task {i}", k == 0, line=line)
+                    _panel(fig, row, col, x, old.iloc[:, i], f"task {i}", k == i, line=line)
             n = min(len(c) for c in curves)
             mean = np.mean([c[:n] for c in curves], axis=0)
             line = dict(color="#222" if single else _colour(g), width=3)
