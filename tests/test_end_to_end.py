@@ -62,14 +62,16 @@ def test_same_seed_same_metrics_other_seed_differs(fast):
     assert not a[cols].equals(c[cols])
 
 
-def test_default_experiment_shows_the_stability_gap(tmp_path):
+@pytest.mark.outcome
+def test_default_experiment_shows_the_stability_gap(tmp_path, seed_offset, outcome):
     """The default config: old tasks drop right after each switch, then recover part way."""
-    run = cl.run([f"run.dir={tmp_path}", "run.progress=false", "wandb.mode=disabled"], quiet=True)
+    args = [f"run.dir={tmp_path}", "run.progress=false", "wandb.mode=disabled"]
+    run = cl.run(args + [f"seed={seed_offset}"], quiet=True)
     s, m = run.summary, run.metrics
     assert s["n_eval_rows"] >= s["n_iterations"]
     R = np.array(s["accuracy_matrix"], dtype=float)
     final_old = R[-1, :-1].mean()
-    assert s["min_acc"] < final_old - 0.1
+    outcome.above("final old-task acc - min_acc", final_old - s["min_acc"], 0.08, null=0)
     exp = m["experience"].to_numpy()
     drops = []
     for k in range(1, 5):
@@ -78,53 +80,89 @@ def test_default_experiment_shows_the_stability_gap(tmp_path):
         during = old[exp == k]
         dip = during[:30].min()  # the first 30 iterations after the switch
         drops.append(before - dip)
-        if k >= 2:  # with task 0 alone in memory, replay holds it through the first switch
-            assert dip < before - 0.05, (k, before, dip)  # drop right after the switch
-            # recovery: at least a third of the drop is regained by the end of the task
-            assert during[-1] - dip > (before - dip) / 3, (k, before, dip, during[-1])
-    assert max(drops) > 0.2, drops
-    assert s["acc"] > 0.75
+        # Switch 1: with task 0 alone in memory, replay holds it. Switch 2: the drop (0.07 to
+        # 0.16 over seeds) is within reach of the evaluation noise (the same statistic over
+        # windows late in a task, with no switch, reaches 0.04 to 0.08): it only counts in
+        # the mean below.
+        if k >= 3:
+            outcome.above(f"drop after switch {k}", before - dip, 0.07, null=0)
+            # recovery: a share of the drop is regained by the end of the task
+            share = (during[-1] - dip) / (before - dip)
+            outcome.above(f"share of drop {k} recovered", share, 1 / 3, null=0)
+    outcome.above("mean drop after switches 2-4", np.mean(drops[1:]), 0.08, null=0)
+    outcome.above("acc", s["acc"], 0.6, null=0.2)  # naive keeps about the last task: 0.2
 
 
-def test_replay_and_joint_beat_naive_on_split_mnist(fast):
+@pytest.mark.outcome
+def test_replay_and_joint_beat_naive_on_split_mnist(fast, seed_offset, outcome):
+    args = fast + ["train.epochs=2", "plasticity.every=0", f"seed={seed_offset}"]
     acc = {
-        name: cl.run(fast + [f"strategy={name}", "train.epochs=2"], quiet=True).summary["acc"]
+        name: cl.run(args + [f"strategy={name}"], quiet=True).summary["acc"]
         for name in ("naive", "replay", "joint")
     }
-    assert acc["naive"] < 0.35  # class-incremental fine-tuning forgets almost everything
-    assert acc["replay"] > acc["naive"] + 0.3
-    assert acc["joint"] > acc["replay"]
+    # class-incremental fine-tuning forgets almost everything (no forgetting: joint's acc)
+    outcome.below("naive acc", acc["naive"], 0.45, null=acc["joint"])
+    outcome.above("replay - naive acc", acc["replay"] - acc["naive"], 0.3, null=0)
+    outcome.above("joint - replay acc", acc["joint"] - acc["replay"], 0, null=0)
 
 
-@pytest.mark.parametrize(
-    "overrides",
-    [
-        ["benchmark=permuted_mnist", "benchmark.n_tasks=3"],
+COMBINATIONS = {  # name: (overrides, chance accuracy, bound on the final accuracy)
+    "permuted": (["benchmark=permuted_mnist", "benchmark.n_tasks=3"], 0.1, 0.5),
+    "rotated": (
         ["benchmark=rotated_mnist", "benchmark.n_tasks=3", "strategy=[replay,naive]"],
-        ["benchmark.incremental=task", "benchmark.source=digits", "model=cnn"],
+        0.1,
+        0.4,
+    ),
+    # 1 epoch at lr 0.01 is 9 steps per task: 0.59 to 0.70 against chance 0.5
+    "task-cnn": (
+        ["benchmark.incremental=task", "benchmark.source=digits", "model=cnn", "optim.lr=0.05"],
+        0.5,
+        0.65,
+    ),
+    "mnist1d-joint-adam": (
         ["benchmark.source=mnist1d", "strategy=joint", "optim=adam", "train.epochs=5"],
+        0.1,
+        0.3,
+    ),
+    # 1 epoch: 0.17 to 0.51 over seeds and CPU kernels (chaotic); 2 epochs learn reliably
+    "resnet-reservoir": (
         [
             "benchmark.source=digits",
             "model=resnet18",
             "model.width=4",
             "eval.every=5",
             "strategy.replay.buffer=reservoir",
+            "train.epochs=2",
         ],
-    ],
-)
-def test_scenarios_models_and_options_run(fast, overrides):
-    run = cl.run([*fast, *overrides], quiet=True)
+        0.1,
+        0.3,
+    ),
+}
+
+
+@pytest.mark.outcome
+@pytest.mark.parametrize("name", COMBINATIONS)
+def test_scenarios_models_and_options_run(fast, name, seed_offset, outcome):
+    """Each combination runs to the end, writes every output and learns: well above chance."""
+    overrides, chance, bound = COMBINATIONS[name]
+    run = cl.run([*fast, *overrides, f"seed={seed_offset}"], quiet=True)
     s = run.summary
-    assert s["status"] == "finished" and s["acc"] > 0.3
+    assert s["status"] == "finished"
+    for out in OUTPUTS:
+        assert (run.path / out).is_file(), out
     every = 5 if "eval.every=5" in overrides else 1
     assert s["n_eval_rows"] >= s["n_iterations"] // every
+    assert len(run.metrics) == s["n_eval_rows"]
+    outcome.above("acc", s["acc"], bound, null=chance)
 
 
-def test_task_incremental_scores_above_class_incremental(fast):
+@pytest.mark.outcome
+def test_task_incremental_scores_above_class_incremental(fast, seed_offset, outcome):
     args = fast + ["strategy=naive", "benchmark.source=digits", "train.epochs=3"]
+    args += ["plasticity.every=0", f"seed={seed_offset}"]
     cil = cl.run(args, quiet=True).summary["acc"]
     til = cl.run(args + ["benchmark.incremental=task"], quiet=True).summary["acc"]
-    assert til > cil + 0.3
+    outcome.above("task- - class-incremental acc", til - cil, 0.3, null=0)
 
 
 def test_wandb_offline_run_holds_the_local_values(fast):

@@ -27,27 +27,35 @@ def exact_sigma(m):
     return torch.linalg.matrix_norm(m.weight.detach().reshape(m.weight.shape[0], -1), ord=2)
 
 
+@pytest.mark.outcome
 @pytest.mark.parametrize("seed", [0, 8])
 @pytest.mark.parametrize("net", ["mlp", "cnn"])
-def test_spectral_power_iteration_matches_the_exact_largest_singular_value(net, seed):
-    torch.manual_seed(seed)  # seed 8: the slowest of 30 seeds (52 steps to 1%) for the mlp
+def test_spectral_power_iteration_matches_the_exact_largest_singular_value(
+    net, seed, seed_offset, outcome
+):
+    torch.manual_seed(seed + seed_offset)
     model = MLP(20, [64, 32], 5) if net == "mlp" else SmallCNN((1, 8, 8), [4, 6], [8], 3)
     s = Spectral()
-    s.setup(ctx_for(model, seed=seed))
+    s.setup(ctx_for(model, seed=seed + seed_offset))
     assert len(s.layers) == (3 if net == "mlp" else 4)
-    for _ in range(100):  # one power step per training step; the gap sets the speed
+    # one power step per training step; the gap sets the speed: after 100 steps 2 of 300 mlp
+    # seeds were still above 1% off, after 200 the slowest was 0.34% off
+    for _ in range(200):
         sigmas = s.sigmas()
-    for m, sigma in zip(s.layers, sigmas, strict=True):
-        assert sigma.item() == pytest.approx(exact_sigma(m).item(), rel=0.01)
+    err = max(
+        abs(sg.item() / exact_sigma(m).item() - 1) for m, sg in zip(s.layers, sigmas, strict=True)
+    )
+    outcome.within("relative error of sigma", err, 0.01)
 
 
-def test_spectral_penalty_value_and_pull_towards_one():
-    torch.manual_seed(0)
+@pytest.mark.outcome
+def test_spectral_penalty_value_and_pull_towards_one(seed_offset, outcome):
+    torch.manual_seed(0 + seed_offset)
     model = MLP(20, [32], 5)
     with torch.no_grad():
         for p in model.parameters():
             p.mul_(4.0)
-    ctx = ctx_for(model, lr=0.01)
+    ctx = ctx_for(model, lr=0.01, seed=seed_offset)
     s = Spectral(lam=1.0, k=2)
     s.setup(ctx)
     for _ in range(30):
@@ -57,13 +65,13 @@ def test_spectral_penalty_value_and_pull_towards_one():
     assert penalty.item() == pytest.approx(want.item(), rel=0.03)
     before = [exact_sigma(m).item() for m in s.layers]
     assert min(before) > 2
-    for _ in range(400):  # gradient steps on the penalty alone
+    for _ in range(800):  # gradient steps on the penalty alone (400: some seeds still 0.16 off)
         ctx.optimizer.zero_grad()
         s.loss(ctx, None, None).backward()
         ctx.optimizer.step()
     after = [exact_sigma(m).item() for m in s.layers]
-    assert all(abs(a - 1) < 0.15 for a in after), after
-    assert all(m.bias.norm() < 0.5 for m in s.layers)
+    outcome.within("max |sigma - 1|", max(abs(a - 1) for a in after), 0.15)
+    outcome.within("max bias norm", max(m.bias.norm().item() for m in s.layers), 0.5)
 
 
 def test_spectral_state_round_trip():
@@ -148,18 +156,22 @@ def test_l2_matches_sgd_weight_decay():
     )
 
 
-def test_shrink_perturb_shrinks_by_lr_times_decay_and_adds_noise_of_the_given_std():
-    torch.manual_seed(0)
+@pytest.mark.outcome
+def test_shrink_perturb_shrinks_by_lr_times_decay_and_adds_noise_of_the_given_std(
+    seed_offset, outcome
+):
+    torch.manual_seed(0 + seed_offset)
     model = MLP(100, [500], 10)  # ~55k parameters
-    ctx = ctx_for(model, lr=0.5)
+    ctx = ctx_for(model, lr=0.5, seed=seed_offset)
     s = ShrinkPerturb(weight_decay=0.2, noise_std=0.01)
     s.setup(ctx)
     before = torch.cat([p.detach().flatten() for p in model.parameters()])
     s.after_step(ctx)
     after = torch.cat([p.detach().flatten() for p in model.parameters()])
     noise = after - 0.9 * before  # shrink = 1 - 0.5 * 0.2
-    assert noise.mean().abs().item() < 4 * 0.01 / len(noise) ** 0.5
-    assert noise.std().item() == pytest.approx(0.01, rel=0.02)
+    se = 0.01 / len(noise) ** 0.5  # standard error of the mean; of the std: 1/sqrt(2n) rel.
+    outcome.within("|noise mean| / its standard error", noise.mean().abs() / se, 5)
+    outcome.within("|noise std / 0.01 - 1|", abs(noise.std().item() / 0.01 - 1), 0.02)
     quiet = ShrinkPerturb(weight_decay=0.2, noise_std=0.0)
     quiet.setup(ctx)
     quiet.after_step(ctx)
@@ -184,6 +196,7 @@ def test_shrink_perturb_state_round_trip_repeats_the_noise():
     assert not torch.equal(first["head.weight"], start["head.weight"])
 
 
+@pytest.mark.outcome
 @pytest.mark.parametrize(
     "strategy, extra",
     [
@@ -191,7 +204,7 @@ def test_shrink_perturb_state_round_trip_repeats_the_noise():
         ("[replay,spectral,wasserstein,shrink_perturb,l2]", []),
     ],
 )
-def test_end_to_end_plasticity_strategies_compose(fast, strategy, extra):
+def test_end_to_end_plasticity_strategies_compose(fast, strategy, extra, seed_offset, outcome):
     run = cl.run(
         [
             *fast,
@@ -200,12 +213,15 @@ def test_end_to_end_plasticity_strategies_compose(fast, strategy, extra):
             "eval.every=50",
             f"strategy={strategy}",
             *extra,
+            f"seed={seed_offset}",
         ],
         quiet=True,
     )
     s = run.summary
     assert s["status"] == "finished"
-    assert s["acc"] > 0.7 and s["online_acc"] > 0.6  # naive: ~0.83 and ~0.72 here
+    # seeds 0-4 here: acc 0.82 to 0.84, online acc 0.67 to 0.73 (naive: 0.83, 0.72)
+    outcome.above("acc", s["acc"], 0.55, null=0.1)
+    outcome.above("online acc", s["online_acc"], 0.45, null=0.1)
     saved = torch.load(run.path / "checkpoint.pt", weights_only=True)
     states = saved["strategies"]  # by strategy name
     if "cbp" in states:  # units were replaced: some ages are below the run's iteration count

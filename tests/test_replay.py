@@ -27,18 +27,21 @@ def test_class_balanced_memory_shares_capacity_equally():
     assert set(mem.task[mem.y >= 2].tolist()) == {1} and set(mem.task[mem.y < 2].tolist()) == {0}
 
 
-def test_reservoir_keeps_a_uniform_sample_of_the_stream():
+@pytest.mark.outcome
+def test_reservoir_keeps_a_uniform_sample_of_the_stream(seed_offset, outcome):
     counts = torch.zeros(10)
-    for seed in range(200):
+    # 500 runs: the largest deviation of a chunk's share from 0.1 was at most 0.012 over 200
+    # blocks of seeds (over 200 runs: up to 0.016, against the tolerance of 0.02)
+    for seed in range(500):
         mem = ReservoirMemory(20)
-        g = torch.Generator().manual_seed(seed)
+        g = torch.Generator().manual_seed(seed + 500 * seed_offset)  # a new block of 500 seeds
         for chunk in range(10):  # 10 chunks of 20 samples, chunk id as label
             y = torch.full((20,), chunk)
             mem.add(torch.zeros(20, 1), y, y, generator=g)
         assert len(mem) == 20 and mem.n_seen == 200
         counts += torch.bincount(mem.y, minlength=10)
     share = counts / counts.sum()  # uniform: 0.1 per chunk
-    assert share.min() > 0.08 and share.max() < 0.12
+    outcome.within("max |share - 0.1|", (share - 0.1).abs().max(), 0.02)
 
 
 def test_replay_batch_mixes_memory_and_weights_the_loss():
