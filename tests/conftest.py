@@ -39,6 +39,7 @@ def fast(tmp_path):
     return [
         f"run.dir={tmp_path / 'runs'}",
         "run.progress=false",
+        "run.report=false",
         "wandb.mode=disabled",
         "model.hidden=[64]",
         "train.epochs=1",

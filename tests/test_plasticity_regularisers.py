@@ -58,11 +58,11 @@ def test_spectral_penalty_value_and_pull_towards_one(seed_offset, outcome):
     ctx = ctx_for(model, lr=0.01, seed=seed_offset)
     s = Spectral(lam=1.0, k=2)
     s.setup(ctx)
-    for _ in range(30):
+    for _ in range(200):  # 30 power steps left 17 of 300 seeds more than 3% off; 200: 0.2% at most
         s.sigmas()
     penalty = s.loss(ctx, None, None)
     want = sum((exact_sigma(m) ** 2 - 1) ** 2 + m.bias.detach().norm() ** 4 for m in s.layers)
-    assert penalty.item() == pytest.approx(want.item(), rel=0.03)
+    outcome.within("penalty / exact - 1", abs(penalty.item() / want.item() - 1), 0.03)
     before = [exact_sigma(m).item() for m in s.layers]
     assert min(before) > 2
     for _ in range(800):  # gradient steps on the penalty alone (400: some seeds still 0.16 off)
