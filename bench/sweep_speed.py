@@ -25,7 +25,7 @@ from pathlib import Path
 
 BIN = Path(sys.executable).parent
 GRID = ["strategy=naive,replay", "seed=0,1,2,3"]
-COMMON = ["train.epochs=1", "run.progress=false"]
+COMMON = ["train.epochs=1"]  # `-q` turns progress off; sweeps own run.progress
 
 
 def timed(cmd: list[str]) -> float:
