@@ -56,8 +56,12 @@ format: setup
 bench: setup
 	$(PY) bench/continual_eval.py
 
+# Every paper reproduction at full scale over its seeds, each ending with its claims table
+# (experiments/targets.csv); `make reproduce NAME=stability_gap` runs one. The slow tests
+# (`pytest -m slow`) rerun them and assert the claims marked reproduced.
+NAME ?= all
 reproduce: setup
-	$(PY) -m pytest -q -m slow
+	$(VENV)/bin/cl reproduce $(NAME)
 
 clean:
 	rm -rf runs bench/out .pytest_cache

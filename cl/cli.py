@@ -92,6 +92,13 @@ def _parser() -> argparse.ArgumentParser:
     db.add_argument("paths", nargs="+", metavar="PATH", help="run folders or sweep folders")
     db.add_argument("--port", type=int, default=0, help="default: a free port")
     db.add_argument("--host", default="127.0.0.1", help="default 127.0.0.1 (this machine only)")
+    rx = sub.add_parser("reproduce", help="run a paper reproduction over seeds, check its claims")
+    rx.add_argument("name", nargs="?", help="a reproduction (see --list), or all")
+    rx.add_argument("--list", action="store_true", help="list the reproductions")
+    rx.add_argument("--quick", action="store_true", help="the reduced version (about a minute)")
+    rx.add_argument("--seeds", type=int, help="seeds 0..N-1 (default: the reproduction's)")
+    rx.add_argument("--out", metavar="DIR", help="default runs/reproduce")
+    rx.add_argument("-q", "--quiet", action="store_true", help="only the claims table")
     ls = sub.add_parser("list", help="list benchmarks, strategies, models or data sources")
     ls.add_argument("what", choices=["benchmarks", "strategies", "models", "sources"])
     return p
@@ -153,6 +160,13 @@ def main(argv: list[str] | None = None) -> int:
             from cl.report import server
 
             return server.main(args.paths, args.host, args.port)
+        elif args.command == "reproduce":
+            from cl import reproduce
+
+            if args.list or not args.name:
+                print(reproduce.listing())
+                return 0
+            return reproduce.reproduce(args.name, args.quick, args.seeds, args.out, args.quiet)
         elif args.command == "sweep":
             from cl.sweep import driver
 

@@ -240,3 +240,19 @@ def test_a_100k_iteration_run_gives_a_light_report(tmp_path):
     print(f"100,000 iterations x 20 tasks: report {size / 1e6:.1f} MB in {took:.1f} s")
     assert size < 10e6
     assert took < 60  # a few seconds on 2 cores; the bound only catches a pathology
+
+
+def test_runs_of_different_lengths_share_one_gap_view(tmp_path):
+    """A reproduction's sweep mixes benchmarks and strategies (joint trains longer per task):
+    each run is aligned on its own switches; a switch only some runs have still gets a panel."""
+    from cl.report.collect import collect
+    from cl.report.figures import gap
+
+    short = synthetic_run(tmp_path / "short", iterations=200, tasks=2)
+    long = synthetic_run(tmp_path / "long", iterations=600, tasks=4)
+    (long / "config.yaml").write_text("seed: 0\nstrategy: joint\n")
+    figure, stats = gap(collect([short, long]))
+    assert len(stats) == 3  # the longer run's three switches
+    panels = {t.get("xaxis") for t in figure["data"]}
+    assert len(panels) == 3
+    assert build([short, long], tmp_path / "both.html").stat().st_size > 0

@@ -163,7 +163,9 @@ def gap(report: Report, after: int = 300) -> tuple[dict, list[dict]]:
     per switch its minimum, depth and recovery (cl.metrics.switch_effects)."""
     from plotly.subplots import make_subplots
 
-    switches = _switches(report.runs[0])
+    own = {id(r): _switches(r) for r in report.runs}  # runs may differ in length and tasks
+    ref = max(report.runs, key=lambda r: len(own[id(r)]))
+    switches = own[id(ref)]
     if not switches:
         return _fig(title="Stability gap: no task switch yet").to_plotly_json(), []
     cols = min(4, len(switches))
@@ -177,13 +179,13 @@ def gap(report: Report, after: int = 300) -> tuple[dict, list[dict]]:
     fig = make_subplots(rows=rows, cols=cols, subplot_titles=titles, shared_yaxes=True)
     fig.update_annotations(font_size=12)
     single = len(report.runs) == 1
-    for k, s in enumerate(switches):
+    for k in range(len(switches)):
         row, col = k // cols + 1, k % cols + 1
-        before, shown = _window(report.runs[0], k + 1, after)
+        before, shown = _window(ref, k + 1, after)
         for g, label, runs in _by_group(report):
             curves = []
-            for r in runs:
-                m = r.metrics
+            for r in (r for r in runs if len(own[id(r)]) > k):
+                s, m = own[id(r)][k], r.metrics
                 w = m[(m["iteration"] >= s - before) & (m["iteration"] <= s + shown)]
                 old = w[[f"eval/acc/task_{i}" for i in range(k + 1)]]
                 curves.append(old.mean(1).to_numpy())
@@ -191,6 +193,8 @@ def gap(report: Report, after: int = 300) -> tuple[dict, list[dict]]:
                 for i in range(k + 1) if single else ():
                     line = dict(color=_colour(i), width=1)
                     _panel(fig, row, col, x, old.iloc[:, i], f"task {i}", k == i, line=line)
+            if not curves:
+                continue
             n = min(len(c) for c in curves)
             mean = np.mean([c[:n] for c in curves], axis=0)
             line = dict(color="#222" if single else _colour(g), width=3)

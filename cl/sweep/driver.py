@@ -145,9 +145,16 @@ def plan(overrides: list[str], spec_file: str | None) -> tuple[Spec, Options]:
 
 def new_sweep(overrides: list[str], spec_file: str | None, quiet: bool) -> int:
     spec, options = plan(overrides, spec_file)
+    return start_sweep(spec, options, quiet)
+
+
+def start_sweep(spec: Spec, options: Options, quiet: bool, reuse: bool = False) -> int:
+    """Validate every trial, create the sweep folder and run the trials. With `reuse`, an
+    existing folder of the same trials and common overrides is continued instead."""
     name = options.name or f"sweep-{time.strftime('%Y%m%d-%H%M%S')}"
     path = Path(options.dir).expanduser().resolve() / name
     lower = options.metric in sweep_folder.LOWER_IS_BETTER
+    swept = list(dict.fromkeys(k for t in spec.trials for k in t.values))
     data = {
         "name": name,
         "path": str(path),
@@ -155,10 +162,15 @@ def new_sweep(overrides: list[str], spec_file: str | None, quiet: bool) -> int:
         "metric": options.metric,
         "goal": spec.goal or ("minimize" if lower else "maximize"),
         "common": spec.common,
-        "swept": list(spec.trials[0].values),
+        "swept": swept,
         "trials": [{"name": t.name, "values": t.values} for t in spec.trials],
     }
     validate_trials(data)
+    if reuse and (path / sweep_folder.SPEC_FILE).is_file():
+        old = sweep_folder.read_spec(path)
+        if (old["trials"], old["common"]) == (data["trials"], data["common"]):
+            return execute(old | {"path": str(path)}, options, quiet)
+        raise UserError(f"{path} holds a different sweep; choose another folder")
     if path.exists():
         raise UserError(
             f"{path} already exists; choose another sweep.name, or: cl sweep --resume {path}"
