@@ -69,9 +69,10 @@ def table(rows: list[dict], by_setting: bool = False) -> str:
     for key, g in groups.items():
         s = summarise(g)
         name = key[0].split("::", 1)[-1] + (f" ({key[2]})" if by_setting else "")
+        check = key[1].replace("|", "\\|")  # a Markdown table cell
         flag = "FAIL" if s["fails"] else ("tight" if s["rel"] < 1 / 3 else "")
         lines.append(
-            f"| {name} | {key[1]} | {s['n']} | {s['min']:.4g} | {s['max']:.4g} | "
+            f"| {name} | {check} | {s['n']} | {s['min']:.4g} | {s['max']:.4g} | "
             f"{s['op']} {s['bound']:.4g} | {s['null']} | {s['margin']:.4g} | {s['rel']:.2f} | "
             f"{flag} |"
         )
