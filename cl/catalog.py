@@ -14,6 +14,7 @@ BENCHMARKS = {
     "split_mnist": Entry("MNIST split into tasks of disjoint classes (mnist5k by default)"),
     "permuted_mnist": Entry("MNIST with a fixed random pixel permutation per task"),
     "rotated_mnist": Entry("MNIST rotated by a fixed angle per task"),
+    "random_label_mnist": Entry("the same MNIST images in every task with new random labels"),
     "split_fashion_mnist": Entry("Fashion-MNIST split into tasks of disjoint classes"),
     "split_cifar10": Entry("CIFAR-10 split into tasks of disjoint classes"),
     "split_cifar100": Entry("CIFAR-100 split into tasks of disjoint classes"),

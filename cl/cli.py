@@ -116,9 +116,10 @@ def _list(what: str) -> None:
         "strategies": catalog.STRATEGIES,
         "models": catalog.MODELS,
     }[what]
+    width = max(16, *map(len, table))
     for name, entry in table.items():
         paper = f"  [{entry.paper}]" if entry.paper else ""
-        print(f"{name:<16} {entry.description}{paper}")
+        print(f"{name:<{width}} {entry.description}{paper}")
 
 
 def _run(args) -> None:

@@ -26,7 +26,7 @@ GROUPS = ("benchmark", "model", "strategy", "optim", "experiment")
 @dataclass
 class BenchmarkConfig:
     name: str = "split_mnist"
-    scenario: str = "split"  # split | permuted | rotated
+    scenario: str = "split"  # split | permuted | rotated | random_labels
     source: str = "mnist5k"
     n_tasks: int = 5
     incremental: str = "class"  # class | task (split only: task-aware heads)
@@ -34,6 +34,7 @@ class BenchmarkConfig:
     shuffle_classes: bool = False  # shuffle class order with the run seed
     angles: list[float] | None = None  # rotated: degrees per task; null = evenly in [0, max_angle]
     max_angle: float = 180.0
+    samples_per_task: int | None = None  # the first N training samples of each task; null = all
     test_fraction: float = 0.2  # held-out share for sources without a test split
     split_seed: int = 0  # fixed train/test split for those sources, independent of `seed`
 

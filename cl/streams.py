@@ -1,7 +1,8 @@
 """Streams: turn a data source into a sequence of experiences (tasks).
 
 Scenarios: `split` (disjoint classes per task; class-incremental or task-incremental),
-`permuted` and `rotated` (domain-incremental: same classes, transformed inputs). Each experience
+`permuted` and `rotated` (domain-incremental: same classes, transformed inputs), `random_labels`
+(the same images with new random labels per task). Each experience
 carries its training tensors and a fixed evaluation subset drawn once with the run's seed.
 """
 
@@ -80,10 +81,13 @@ def build_stream(cfg: BenchmarkConfig, data: Dataset, seed: int, eval_subset: in
         tasks = _split_tasks(cfg, data, seed)
     elif cfg.scenario == "permuted":
         tasks = _permuted_tasks(cfg, data, gen)
+    elif cfg.scenario == "random_labels":
+        tasks = _random_label_tasks(cfg, data, gen)
     else:
         tasks = _rotated_tasks(cfg, data)
     experiences = []
     for i, (x, y, ex, ey, classes) in enumerate(tasks):
+        x, y = x[: cfg.samples_per_task], y[: cfg.samples_per_task]  # None: all
         sx, sy = _eval_subset(ex, ey, eval_subset, gen)
         experiences.append(Experience(i, x, y, sx, sy, classes))
     return Stream(
@@ -118,6 +122,17 @@ def _permuted_tasks(cfg: BenchmarkConfig, data: Dataset, gen: torch.Generator):
         xs = data.x_train.reshape(len(data.x_train), d)[:, perm].reshape(-1, *shape)
         xt = data.x_test.reshape(len(data.x_test), d)[:, perm].reshape(-1, *shape)
         yield xs, data.y_train, xt, data.y_test, classes
+
+
+def _random_label_tasks(cfg: BenchmarkConfig, data: Dataset, gen: torch.Generator):
+    """The same training images in every task (the first `samples_per_task`), each task with
+    its own uniformly random labels, evaluated on those images and labels: a pure test of how
+    well the network can still fit (trainability; Lyle et al. 2023, Lewandowski et al. 2025)."""
+    x = data.x_train[: cfg.samples_per_task]
+    classes = list(range(data.n_classes))
+    for _ in range(cfg.n_tasks):
+        y = torch.randint(data.n_classes, (len(x),), generator=gen)
+        yield x, y, x, y, classes
 
 
 def rotation_angles(cfg: BenchmarkConfig) -> list[float]:

@@ -18,7 +18,7 @@ from cl.config import RunConfig, as_plain
 from cl.errors import UserError
 
 CHOICES = {
-    "benchmark.scenario": ("split", "permuted", "rotated"),
+    "benchmark.scenario": ("split", "permuted", "rotated", "random_labels"),
     "benchmark.source": tuple(SOURCES),
     "benchmark.incremental": ("class", "task"),
     "model.name": tuple(MODELS),
@@ -78,6 +78,9 @@ def validate(cfg: DictConfig) -> RunConfig:
     for key in POSITIVE_INTS:
         _int_in(key, OmegaConf.select(cfg, key), 1, MAX_INT, "a positive integer")
     _int_in("plasticity.every", cfg.plasticity.every, 0, MAX_INT, "an integer >= 0 (0 = off)")
+    if cfg.benchmark.samples_per_task is not None:
+        n = cfg.benchmark.samples_per_task
+        _int_in("benchmark.samples_per_task", n, 1, MAX_INT, "a positive integer or null")
     for key in ("seed", "benchmark.split_seed"):
         _int_in(key, OmegaConf.select(cfg, key), 0, MAX_SEED, f"an integer in 0 .. {MAX_SEED}")
     for name, values in (("model.hidden", m.hidden), ("model.channels", m.channels)):

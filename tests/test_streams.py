@@ -86,6 +86,30 @@ def test_rotated_stream_angles(mnist5k):
     assert torch.allclose(s.experiences[2].x, mnist5k.x_train.flip(-1).flip(-2), atol=1e-6)
 
 
+def test_random_label_stream_keeps_the_images_and_draws_new_labels(mnist5k):
+    cfg = BenchmarkConfig(scenario="random_labels", n_tasks=3, samples_per_task=300)
+    s = build_stream(cfg, mnist5k, 0, 1000)
+    first = s.experiences[0]
+    assert torch.equal(first.x, mnist5k.x_train[:300]) and len(first.y) == 300
+    for e in s.experiences[1:]:
+        assert torch.equal(e.x, first.x)
+        assert (e.y != first.y).float().mean() > 0.8  # independent labels: about 0.9 differ
+    assert torch.equal(first.eval_x, first.x) and torch.equal(first.eval_y, first.y)
+    counts = torch.bincount(torch.cat([e.y for e in s.experiences]), minlength=10)
+    assert counts.min() > 50  # every class drawn (900 labels, 90 expected each)
+    again = build_stream(cfg, mnist5k, 0, 1000)
+    assert torch.equal(again.experiences[2].y, s.experiences[2].y)  # seeded
+    assert not torch.equal(build_stream(cfg, mnist5k, 1, 1000).experiences[0].y, first.y)
+
+
+def test_samples_per_task_keeps_the_first_n_of_every_task(mnist5k):
+    cfg = BenchmarkConfig(scenario="permuted", n_tasks=2, samples_per_task=100)
+    s = build_stream(cfg, mnist5k, 0, 1000)
+    assert [len(e.x) for e in s.experiences] == [100, 100]
+    assert torch.equal(s.experiences[0].y, mnist5k.y_train[:100])
+    assert len(s.experiences[0].eval_x) == 1000  # the test side is not cut
+
+
 def test_digits_and_mnist1d_sources():
     d = load_source("digits")
     assert d.x_train.shape[1:] == (1, 8, 8) and d.n_classes == 10
