@@ -63,8 +63,9 @@ reproduce: setup
 ENGINE ?= $(shell if docker info >/dev/null 2>&1; then echo docker; \
 	elif command -v podman >/dev/null; then echo podman; fi)
 IMAGE ?= cl
-REVISION = $(shell git rev-parse HEAD)$(shell git status --porcelain --untracked-files=no | grep -q . && echo -dirty)
-TAG = $(shell git rev-parse --short=12 HEAD)$(findstring -dirty,$(REVISION))
+REVISION = $(shell git rev-parse HEAD 2>/dev/null || echo unknown)$(shell \
+	git status --porcelain --untracked-files=no 2>/dev/null | grep -q . && echo -dirty)
+TAG = $(shell git rev-parse --short=12 HEAD 2>/dev/null || echo unknown)$(findstring -dirty,$(REVISION))
 # The local base image docker/podman-setup.sh builds where no registry is reachable.
 LOCAL_BASE := localhost/cl-base:bookworm
 BASE ?= $(shell $(ENGINE) image inspect $(LOCAL_BASE) >/dev/null 2>&1 && echo $(LOCAL_BASE))

@@ -32,11 +32,11 @@ fi
 
 if ! podman image exists "$BASE_IMAGE"; then
   root=$(mktemp -d)
-  trap 'rm -rf "$root"' EXIT
+  trap 'rm -rf --one-file-system "$root"' EXIT  # not into /proc, /sys a failed run left mounted
   debootstrap --variant=minbase --include=python3,python3-venv,ca-certificates \
     bookworm "$root" "$MIRROR" >/dev/null
   rm -rf "$root"/var/lib/apt/lists/* "$root"/var/cache/apt/*.bin "$root"/var/cache/apt/archives/*.deb
-  tar -C "$root" -c . | podman import --change 'CMD ["/bin/bash"]' - "$BASE_IMAGE" >/dev/null
+  tar -C "$root" -c . | podman import --quiet --change 'CMD ["/bin/bash"]' - "$BASE_IMAGE" >/dev/null
 fi
-podman info --format 'podman {{.Version.Version}}, runtime {{.Host.OCIRuntime.Name}}' >/dev/null
+podman run --rm "$BASE_IMAGE" python3 -c "" || fail "podman cannot run a container here (see above)"
 echo "podman ready; base image $BASE_IMAGE"
