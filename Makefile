@@ -70,12 +70,13 @@ TAG = $(shell git rev-parse --short=12 HEAD 2>/dev/null || echo unknown)$(findst
 LOCAL_BASE := localhost/cl-base:bookworm
 BASE ?= $(shell $(ENGINE) image inspect $(LOCAL_BASE) >/dev/null 2>&1 && echo $(LOCAL_BASE))
 # Local package indexes (the ones this host's pip uses) and the host's CA bundle, mounted into
-# a podman build: the image gets the host .venv's wheels. docker build cannot mount them.
+# a podman build under /tmp/host (empty mount points stay there): the image gets the host
+# .venv's wheels. docker build cannot mount them.
 LOCAL_INDEXES ?= $(wildcard /opt/pypi /opt/pypi-more)
 HOST_CA ?= $(wildcard /etc/ssl/certs/ca-certificates.crt)
-PODMAN_BUILD = $(foreach d,$(LOCAL_INDEXES),-v $(d):$(d):ro) \
-	$(if $(LOCAL_INDEXES),--build-arg PIP_EXTRA_INDEX_URL="$(LOCAL_INDEXES:%=file://%/simple)") \
-	$(if $(HOST_CA),-v $(HOST_CA):/run/host-ca.crt:ro --build-arg PIP_CERT=/run/host-ca.crt)
+PODMAN_BUILD = $(foreach d,$(LOCAL_INDEXES),-v $(d):/tmp/host$(d):ro) \
+	$(if $(LOCAL_INDEXES),--build-arg PIP_EXTRA_INDEX_URL="$(LOCAL_INDEXES:%=file:///tmp/host%/simple)") \
+	$(if $(HOST_CA),-v $(HOST_CA):/tmp/host/ca.crt:ro --build-arg PIP_CERT=/tmp/host/ca.crt)
 # Containers run as you, so that ./runs stays yours (rootless podman needs keep-id for that).
 AS_ME = --user $(shell id -u):$(shell id -g) \
 	$(if $(filter podman,$(ENGINE)),$(if $(filter-out 0,$(shell id -u)),--userns=keep-id))
