@@ -100,7 +100,7 @@ docker-run: docker
 docker-test: setup
 	@if [ -z "$(ENGINE)" ]; then docker/podman-setup.sh; fi
 	$(MAKE) docker
-	CL_DOCKER_IMAGE=$(IMAGE):$(TAG) $(PY) -m pytest -q -m docker tests/test_docker.py
+	CL_DOCKER_IMAGE=$(IMAGE):$(TAG) $(PY) -m pytest -q -s -m docker tests/test_docker.py
 
 clean:
 	rm -rf runs bench/out .pytest_cache
