@@ -46,12 +46,12 @@ test-portable: setup
 	if [ -s $(OUTCOMES) ]; then $(PY) tests/outcome_report.py $(OUTCOMES); fi; exit $$fail
 
 lint: setup
-	$(VENV)/bin/ruff check cl strategies tests bench experiments
-	$(VENV)/bin/ruff format --check cl strategies tests bench experiments
+	$(VENV)/bin/ruff check cl strategies tests bench experiments docker
+	$(VENV)/bin/ruff format --check cl strategies tests bench experiments docker
 
 format: setup
-	$(VENV)/bin/ruff format cl strategies tests bench experiments
-	$(VENV)/bin/ruff check --fix cl strategies tests bench experiments
+	$(VENV)/bin/ruff format cl strategies tests bench experiments docker
+	$(VENV)/bin/ruff check --fix cl strategies tests bench experiments docker
 
 bench: setup
 	$(PY) bench/continual_eval.py
