@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.setup-stamp
 PYTEST_ARGS ?=
 
-.PHONY: setup run test test-portable lint format bench reproduce clean
+.PHONY: setup run test test-portable lint format bench reproduce clean docker docker-run docker-test
 
 setup: $(STAMP)
 
@@ -46,12 +46,12 @@ test-portable: setup
 	if [ -s $(OUTCOMES) ]; then $(PY) tests/outcome_report.py $(OUTCOMES); fi; exit $$fail
 
 lint: setup
-	$(VENV)/bin/ruff check cl strategies tests bench experiments
-	$(VENV)/bin/ruff format --check cl strategies tests bench experiments
+	$(VENV)/bin/ruff check cl strategies tests bench experiments docker
+	$(VENV)/bin/ruff format --check cl strategies tests bench experiments docker
 
 format: setup
-	$(VENV)/bin/ruff format cl strategies tests bench experiments
-	$(VENV)/bin/ruff check --fix cl strategies tests bench experiments
+	$(VENV)/bin/ruff format cl strategies tests bench experiments docker
+	$(VENV)/bin/ruff check --fix cl strategies tests bench experiments docker
 
 bench: setup
 	$(PY) bench/continual_eval.py
@@ -62,6 +62,49 @@ bench: setup
 NAME ?= all
 reproduce: setup
 	$(VENV)/bin/cl reproduce $(NAME)
+
+# Docker (README, "Docker"): docker when its daemon answers, else podman.
+ENGINE ?= $(shell if docker info >/dev/null 2>&1; then echo docker; \
+	elif command -v podman >/dev/null; then echo podman; fi)
+IMAGE ?= cl
+REVISION = $(shell git rev-parse HEAD 2>/dev/null || echo unknown)$(shell \
+	git status --porcelain --untracked-files=no 2>/dev/null | grep -q . && echo -dirty)
+TAG = $(shell git rev-parse --short=12 HEAD 2>/dev/null || echo unknown)$(findstring -dirty,$(REVISION))
+# The local base image docker/podman-setup.sh builds where no registry is reachable.
+LOCAL_BASE := localhost/cl-base:bookworm
+BASE ?= $(shell $(ENGINE) image inspect $(LOCAL_BASE) >/dev/null 2>&1 && echo $(LOCAL_BASE))
+# Local package indexes (the ones this host's pip uses) and the host's CA bundle, mounted into
+# a podman build under /tmp/host (empty mount points stay there): the image gets the host
+# .venv's wheels. docker build cannot mount them.
+LOCAL_INDEXES ?= $(wildcard /opt/pypi /opt/pypi-more)
+HOST_CA ?= $(wildcard /etc/ssl/certs/ca-certificates.crt)
+PODMAN_BUILD = $(foreach d,$(LOCAL_INDEXES),-v $(d):/tmp/host$(d):ro) \
+	$(if $(LOCAL_INDEXES),--build-arg PIP_EXTRA_INDEX_URL="$(LOCAL_INDEXES:%=file:///tmp/host%/simple)") \
+	$(if $(HOST_CA),-v $(HOST_CA):/tmp/host/ca.crt:ro --build-arg PIP_CERT=/tmp/host/ca.crt)
+# Containers run as you, so that ./runs stays yours (rootless podman needs keep-id for that).
+AS_ME = --user $(shell id -u):$(shell id -g) \
+	$(if $(filter podman,$(ENGINE)),$(if $(filter-out 0,$(shell id -u)),--userns=keep-id))
+
+no-engine = echo "error: no container engine: docker info fails and there is no podman \
+(as root, docker/podman-setup.sh installs podman)" >&2; exit 2
+
+docker:
+	@if [ -z "$(ENGINE)" ]; then $(no-engine); fi
+	$(ENGINE) build -f docker/Dockerfile -t $(IMAGE):$(TAG) -t $(IMAGE):latest \
+		$(if $(BASE),--build-arg BASE=$(BASE)) $(if $(filter podman,$(ENGINE)),$(PODMAN_BUILD)) \
+		--build-arg IMAGE=$(IMAGE):$(TAG) --build-arg REVISION=$(REVISION) .
+
+docker-run: docker
+	@mkdir -p runs data
+	$(ENGINE) run --rm $(AS_ME) -v $(CURDIR)/runs:/runs -v $(CURDIR)/data:/data \
+		$(IMAGE):$(TAG) run $(ARGS)
+
+# Builds the image (setting up podman first where no engine works), runs the default
+# experiment in it and on the host, and checks that their summaries are identical.
+docker-test: setup
+	@if [ -z "$(ENGINE)" ]; then docker/podman-setup.sh; fi
+	$(MAKE) docker
+	CL_DOCKER_IMAGE=$(IMAGE):$(TAG) $(PY) -m pytest -q -s -m docker tests/test_docker.py
 
 clean:
 	rm -rf runs bench/out .pytest_cache

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import platform
 import random
 import socket
@@ -12,6 +13,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+# what decides a run's numbers: the libraries that compute or load its data, and the GEM QP
+PACKAGES = (
+    "cl", "torch", "torchvision", "numpy", "scipy", "quadprog", "scikit-learn", "mlxtend",
+    "mnist1d", "omegaconf", "wandb", "avalanche-lib",
+)  # fmt: skip
 
 
 def seed_everything(seed: int) -> torch.Generator:
@@ -48,15 +55,31 @@ def git_revision() -> str | None:
     return out.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
 
 
+def container() -> dict | None:
+    """The container this process runs in (None on a host). Its image names itself through
+    the variables its build sets: from inside, podman and docker tell neither image nor source."""
+    engine = None
+    if Path("/run/.containerenv").exists():
+        engine = "podman"
+    elif Path("/.dockerenv").exists():
+        engine = "docker"
+    image = os.environ.get("CL_IMAGE")
+    if engine is None and image is None:
+        return None
+    return {"engine": engine, "image": image, "git": os.environ.get("CL_GIT_REVISION")}
+
+
 def environment(seed: int, device: torch.device) -> dict:
     import importlib.metadata as md
 
     versions = {}
-    for pkg in ("cl", "torch", "torchvision", "numpy", "omegaconf", "wandb", "avalanche-lib"):
+    for pkg in PACKAGES:
         try:
             versions[pkg] = md.version(pkg)
         except md.PackageNotFoundError:
             versions[pkg] = None
+    versions["torch"] = torch.__version__  # with the wheel's build, e.g. 2.14.1+cu130
+    box = container()
     return {
         "seed": seed,
         "time": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -66,7 +89,9 @@ def environment(seed: int, device: torch.device) -> dict:
         "device": str(device),
         "cuda": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
         "torch_threads": torch.get_num_threads(),
-        "git": git_revision(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "git": git_revision() or (box or {}).get("git"),
+        "container": box,
         "versions": versions,
         "argv": sys.argv,
     }

@@ -24,6 +24,21 @@ def test_defaults_are_the_documented_experiment():
     assert cfg.eval.every == 1 and cfg.wandb.mode == "offline"
 
 
+def test_run_dir_and_data_root_default_to_the_image_variables(monkeypatch):
+    """The Docker image sets CL_RUN_DIR=/runs and CL_DATA_ROOT=/data; overrides still win."""
+    monkeypatch.delenv("CL_RUN_DIR", raising=False)
+    monkeypatch.delenv("CL_DATA_ROOT", raising=False)
+    cfg, _ = config.load([])
+    assert (cfg.run.dir, cfg.data.root) == ("runs", "data")
+    monkeypatch.setenv("CL_RUN_DIR", "/runs")
+    monkeypatch.setenv("CL_DATA_ROOT", "/data")
+    cfg, tree = config.load([])
+    assert (cfg.run.dir, cfg.data.root) == ("/runs", "/data")
+    assert config.as_plain(tree)["run"]["dir"] == "/runs"  # the run's config.yaml
+    cfg, _ = config.load(["run.dir=elsewhere", "data.root=~/d"])
+    assert (cfg.run.dir, cfg.data.root) == ("elsewhere", "~/d")
+
+
 def test_group_and_key_overrides():
     cfg, _ = config.load(
         [

@@ -53,6 +53,16 @@ def test_tiny_run_writes_every_output(fast):
     assert run.config["seed"] == 1
 
 
+def test_environment_names_the_image_it_ran_in(monkeypatch):
+    from cl.environment import container
+
+    monkeypatch.setenv("CL_IMAGE", "cl:0123abcd")  # what the Docker image's build sets
+    monkeypatch.setenv("CL_GIT_REVISION", "0123abcd-dirty")
+    box = container()
+    assert box["image"] == "cl:0123abcd" and box["git"] == "0123abcd-dirty"
+    assert box["engine"] in ("docker", "podman", None)
+
+
 def test_same_seed_same_metrics_other_seed_differs(fast):
     a = cl.run(fast + ["benchmark.n_tasks=2"], quiet=True).metrics
     b = cl.run(fast + ["benchmark.n_tasks=2"], quiet=True).metrics
