@@ -17,6 +17,7 @@ from __future__ import annotations
 import csv
 import importlib.util
 import math
+import os
 import statistics
 import sys
 from dataclasses import dataclass, field
@@ -177,7 +178,7 @@ def reproduce(name: str, quick: bool, seeds: int | None, out: str | None, quiet:
     seeds = seeds or (1 if quick else rep.seeds)
     if seeds < 1:
         raise UserError(f"--seeds {seeds} must be at least 1")
-    root = Path(out or "runs/reproduce").expanduser()
+    root = Path(out or Path(os.environ.get("CL_RUN_DIR", "runs")) / "reproduce").expanduser()
     label = f"{name}-quick" if quick else name
     spec = sweep_spec(rep, quick, seeds)
     code = start_sweep(spec, Options(name=label, dir=str(root)), quiet, reuse=True)
