@@ -97,7 +97,7 @@ def _parser() -> argparse.ArgumentParser:
     rx.add_argument("--list", action="store_true", help="list the reproductions")
     rx.add_argument("--quick", action="store_true", help="the reduced version (about a minute)")
     rx.add_argument("--seeds", type=int, help="seeds 0..N-1 (default: the reproduction's)")
-    rx.add_argument("--out", metavar="DIR", help="default: runs/reproduce, or $CL_RUN_DIR/reproduce")
+    rx.add_argument("--out", metavar="DIR", help="default: $CL_RUN_DIR/reproduce or runs/reproduce")
     rx.add_argument("-q", "--quiet", action="store_true", help="only the claims table")
     ls = sub.add_parser("list", help="list benchmarks, strategies, models or data sources")
     ls.add_argument("what", choices=["benchmarks", "strategies", "models", "sources"])
