@@ -34,7 +34,7 @@ class BenchmarkConfig:
     shuffle_classes: bool = False  # shuffle class order with the run seed
     angles: list[float] | None = None  # rotated: degrees per task; null = evenly in [0, max_angle]
     max_angle: float = 180.0
-    samples_per_task: int | None = None  # the first N training samples of each task; null = all
+    samples_per_task: int | None = None  # N random training samples per task (seeded); null = all
     test_fraction: float = 0.2  # held-out share for sources without a test split
     split_seed: int = 0  # fixed train/test split for those sources, independent of `seed`
 

@@ -86,8 +86,11 @@ def build_stream(cfg: BenchmarkConfig, data: Dataset, seed: int, eval_subset: in
     else:
         tasks = _rotated_tasks(cfg, data)
     experiences = []
+    pick = torch.Generator().manual_seed(seed)  # task subsets, apart from the eval-subset draws
     for i, (x, y, ex, ey, classes) in enumerate(tasks):
-        x, y = x[: cfg.samples_per_task], y[: cfg.samples_per_task]  # None: all
+        if cfg.samples_per_task is not None and len(x) > cfg.samples_per_task:
+            keep = torch.randperm(len(x), generator=pick)[: cfg.samples_per_task].sort().values
+            x, y = x[keep], y[keep]  # a random subset: sources may be sorted by class
         sx, sy = _eval_subset(ex, ey, eval_subset, gen)
         experiences.append(Experience(i, x, y, sx, sy, classes))
     return Stream(
@@ -125,10 +128,11 @@ def _permuted_tasks(cfg: BenchmarkConfig, data: Dataset, gen: torch.Generator):
 
 
 def _random_label_tasks(cfg: BenchmarkConfig, data: Dataset, gen: torch.Generator):
-    """The same training images in every task (the first `samples_per_task`), each task with
+    """The same training images in every task (`samples_per_task` drawn once), each task with
     its own uniformly random labels, evaluated on those images and labels: a pure test of how
     well the network can still fit (trainability; Lyle et al. 2023, Lewandowski et al. 2025)."""
-    x = data.x_train[: cfg.samples_per_task]
+    n = cfg.samples_per_task or len(data.x_train)
+    x = data.x_train[torch.randperm(len(data.x_train), generator=gen)[:n].sort().values]
     classes = list(range(data.n_classes))
     for _ in range(cfg.n_tasks):
         y = torch.randint(data.n_classes, (len(x),), generator=gen)

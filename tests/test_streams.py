@@ -90,7 +90,10 @@ def test_random_label_stream_keeps_the_images_and_draws_new_labels(mnist5k):
     cfg = BenchmarkConfig(scenario="random_labels", n_tasks=3, samples_per_task=300)
     s = build_stream(cfg, mnist5k, 0, 1000)
     first = s.experiences[0]
-    assert torch.equal(first.x, mnist5k.x_train[:300]) and len(first.y) == 300
+    assert len(first.x) == len(first.y) == 300
+    rows = (first.x.flatten(1)[:, None] == mnist5k.x_train.flatten(1)[None]).all(-1)
+    drawn = mnist5k.y_train[rows.float().argmax(1)]
+    assert rows.any(1).all() and torch.unique(drawn).numel() == 10  # from every class
     for e in s.experiences[1:]:
         assert torch.equal(e.x, first.x)
         assert (e.y != first.y).float().mean() > 0.8  # independent labels: about 0.9 differ
@@ -102,12 +105,17 @@ def test_random_label_stream_keeps_the_images_and_draws_new_labels(mnist5k):
     assert not torch.equal(build_stream(cfg, mnist5k, 1, 1000).experiences[0].y, first.y)
 
 
-def test_samples_per_task_keeps_the_first_n_of_every_task(mnist5k):
+def test_samples_per_task_draws_a_seeded_subset_of_every_task(mnist5k):
+    # mnist5k's training set is sorted by class: the first 100 would all be zeros
     cfg = BenchmarkConfig(scenario="permuted", n_tasks=2, samples_per_task=100)
     s = build_stream(cfg, mnist5k, 0, 1000)
     assert [len(e.x) for e in s.experiences] == [100, 100]
-    assert torch.equal(s.experiences[0].y, mnist5k.y_train[:100])
+    assert torch.unique(s.experiences[0].y).numel() == 10
     assert len(s.experiences[0].eval_x) == 1000  # the test side is not cut
+    again = build_stream(cfg, mnist5k, 0, 1000)
+    assert torch.equal(again.experiences[1].y, s.experiences[1].y)
+    full = build_stream(BenchmarkConfig(scenario="permuted", n_tasks=2), mnist5k, 0, 1000)
+    assert torch.equal(full.experiences[1].eval_x, s.experiences[1].eval_x)  # eval draws kept
 
 
 def test_digits_and_mnist1d_sources():
