@@ -99,21 +99,18 @@ def sweep_spec(rep: Reproduction, quick: bool, seeds: int):
     return Spec(trials=trials, common=common)
 
 
-def per_seed(folder: Path, rep: Reproduction, seeds: int, module) -> dict[str, list[float]]:
+def per_seed(runs: dict[str, list], module) -> dict[str, list[float]]:
     """`arm.quantity` -> its value in each seed's run (NaN where a run did not finish)."""
-    from cl import load_run
-
     values: dict[str, list[float]] = {}
-    for arm in rep.arms:
-        for s in range(seeds):
-            run = load_run(folder / "runs" / f"{arm}-s{s}")
+    for arm, seeds in runs.items():
+        for s, run in enumerate(seeds):
             found = {k: v for k, v in run.summary.items() if isinstance(v, int | float)}
             if module is not None and hasattr(module, "quantities"):
                 found |= module.quantities(run)
             if run.summary.get("status") != "finished":
                 found = dict.fromkeys(found, math.nan)
             for k, v in found.items():
-                values.setdefault(f"{arm}.{k}", [math.nan] * seeds)[s] = float(v)
+                values.setdefault(f"{arm}.{k}", [math.nan] * len(seeds))[s] = float(v)
     return values
 
 
@@ -136,7 +133,7 @@ def check(claim: Claim, values: dict[str, list[float]]) -> dict[str, Any]:
         "quantity": claim.quantity,
         "measured": spread(q),
         "rival": f"{claim.rival} {spread(r)}" if claim.rival else "",
-        "difference" if claim.rival else "value": spread(diff),
+        "difference": spread(diff),
         "target": f"{claim.comparison} {claim.bound:g}",
         "seeds_holding": f"{sum(ok(d) for d in diff)}/{len(diff)}",
         "holds": "yes" if ok(mean) else "NO",
@@ -155,10 +152,9 @@ def table(rows: list[dict[str, Any]]) -> str:
     """Markdown: claim, measured mean ± std over seeds (and the rival's), holds."""
     lines = ["| claim | measured | rival | target (difference) | seeds | holds |", "|---" * 6 + "|"]
     for r in rows:
-        value = r.get("difference", r.get("value"))
         lines.append(
             f"| {r['claim']} | {r['quantity']} {r['measured']} | {r['rival']} | "
-            f"{r['target']} ({value}) | {r['seeds_holding']} | {r['holds']} |"
+            f"{r['target']} ({r['difference']}) | {r['seeds_holding']} | {r['holds']} |"
         )
     return "\n".join(lines)
 
@@ -185,8 +181,11 @@ def reproduce(name: str, quick: bool, seeds: int | None, out: str | None, quiet:
     if code >= 128:
         return code
     folder = root.resolve() / label
+    from cl import load_run
+
+    runs = {a: [load_run(folder / "runs" / f"{a}-s{s}") for s in range(seeds)] for a in rep.arms}
     module = measure_module(rep)
-    values = per_seed(folder, rep, seeds, module)
+    values = per_seed(runs, module)  # read once: measure.py's quantities and figure share them
     rows = [check(c, values) for c in claims(name)]
     text = f"## {rep.title}\n\n{table(rows)}\n"
     (folder / "claims.md").write_text(text)
@@ -195,11 +194,6 @@ def reproduce(name: str, quick: bool, seeds: int | None, out: str | None, quiet:
         w.writeheader()
         w.writerows(rows)
     if module is not None and hasattr(module, "figure"):
-        from cl import load_run
-
-        runs = {
-            a: [load_run(folder / "runs" / f"{a}-s{s}") for s in range(seeds)] for a in rep.arms
-        }
         module.figure(runs, folder / "figure.png")
     print(text + f"\n{folder}", file=sys.stdout)
     return code
