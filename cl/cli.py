@@ -1,4 +1,4 @@
-"""The `cl` command: `cl run [key=value ...]`, `cl list benchmarks|strategies|models`.
+"""The `cl` command: `cl run [key=value ...]`, `cl list benchmarks|strategies|models`, ...
 
 User mistakes print one `error:` line and exit with code 2; a run that fails exits with 1.
 `cl --help` and `cl list` do not import torch.
@@ -33,6 +33,21 @@ SWEEP_EPILOG = """examples:
   cl sweep --resume sweeps/sweep-20261201-120000           finish an interrupted sweep
 options: sweep.name, sweep.dir (sweeps), sweep.workers, sweep.threads, sweep.executor
 (local | ray), sweep.address, sweep.retries (0), sweep.metric (acc)
+"""
+
+
+L2M_HELP = """\
+Lifelong-learning metrics (New et al., arXiv 2201.08278) of a finished run, computed by the
+reference implementation l2metrics (pip install -e '.[l2m]'). The run is exported in
+L2Logger's format to RUN_DIR/l2logger/lifetime/ as an L2M "condensed" lifetime: an
+evaluation block of every task before training (iteration 0) and after each experience (its
+last row), between them one learning block per experience whose learning experiences are
+the logged rows' online (prequential) training accuracy. Accuracy is normalised to
+1 + 100 * acc (l2metrics' task normalisation on the range [0, 1]). The lifetime values go
+into RUN_DIR/summary.json as l2m/<metric> (null when not computable: performance recovery
+needs a task trained in 3 or more blocks; relative performance and sample efficiency need
+--ste); l2metrics' full output is RUN_DIR/l2logger/l2metrics_metrics.json.
+See docs/metrics.md, "Lifelong-learning metrics (l2metrics)".
 """
 
 
@@ -99,6 +114,21 @@ def _parser() -> argparse.ArgumentParser:
     rx.add_argument("--seeds", type=int, help="seeds 0..N-1 (default: the reproduction's)")
     rx.add_argument("--out", metavar="DIR", help="default: $CL_RUN_DIR/reproduce or runs/reproduce")
     rx.add_argument("-q", "--quiet", action="store_true", help="only the claims table")
+    lm = sub.add_parser(
+        "l2metrics",
+        help="lifelong-learning metrics of a run through l2metrics (extra: l2m)",
+        description=L2M_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    lm.add_argument("run_dir", metavar="RUN_DIR", help="a finished run folder")
+    lm.add_argument(
+        "--ste",
+        action="store_true",
+        help="first train one single-task expert per task (naive, from scratch, same config "
+        "and budget) in RUN_DIR/l2logger/ste_runs/ (reused when done): gives Relative "
+        "Performance and Sample Efficiency",
+    )
+    lm.add_argument("-q", "--quiet", action="store_true", help="print nothing")
     ls = sub.add_parser("list", help="list benchmarks, strategies, models or data sources")
     ls.add_argument("what", choices=["benchmarks", "strategies", "models", "sources"])
     return p
@@ -157,6 +187,10 @@ def main(argv: list[str] | None = None) -> int:
             from cl.report import build
 
             print(f"report {build(args.paths, args.output)}")
+        elif args.command == "l2metrics":
+            from cl import l2m
+
+            l2m.compute(args.run_dir, ste=args.ste, quiet=args.quiet)
         elif args.command == "dashboard":
             from cl.report import server
 

@@ -37,6 +37,7 @@ class BenchmarkConfig:
     samples_per_task: int | None = None  # N random training samples per task (seeded); null = all
     test_fraction: float = 0.2  # held-out share for sources without a test split
     split_seed: int = 0  # fixed train/test split for those sources, independent of `seed`
+    tasks: list[int] | None = None  # keep only these experiences of the stream; null = all
 
 
 @dataclass

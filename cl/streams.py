@@ -93,6 +93,10 @@ def build_stream(cfg: BenchmarkConfig, data: Dataset, seed: int, eval_subset: in
             x, y = x[keep], y[keep]  # a random subset: sources may be sorted by class
         sx, sy = _eval_subset(ex, ey, eval_subset, gen)
         experiences.append(Experience(i, x, y, sx, sy, classes))
+    if cfg.tasks is not None:  # a sub-stream: the same data and evaluation subsets, renumbered
+        experiences = [experiences[t] for t in cfg.tasks]
+        for j, e in enumerate(experiences):
+            e.index = j
     return Stream(
         name=cfg.name,
         experiences=experiences,

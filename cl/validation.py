@@ -156,6 +156,13 @@ def _check_benchmark(cfg: DictConfig) -> None:
         raise UserError(
             f"benchmark.angles has {len(b.angles)} values but benchmark.n_tasks={b.n_tasks}"
         )
+    if b.tasks is not None:
+        tasks, n = list(b.tasks), b.n_tasks
+        if not tasks or len(set(tasks)) != len(tasks) or not all(0 <= t < n for t in tasks):
+            raise UserError(
+                f"benchmark.tasks={tasks} must list distinct experiences among 0..{n - 1} "
+                "(or be null for all)"
+            )
 
 
 def _check_run_and_wandb(cfg: DictConfig) -> None:
