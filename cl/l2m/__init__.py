@@ -77,8 +77,8 @@ def run_l2metrics(log_dir: Path, base: Path, names: list[str]) -> tuple[dict, li
         def emit(self, record: logging.LogRecord) -> None:
             notes.append(record.getMessage())
 
-    handler, loggers = Collect(logging.WARNING), [logging.getLogger(n) for n in ("l2metrics",
-                                                                                "l2logger")]  # fmt: skip
+    handler = Collect(logging.WARNING)
+    loggers = [logging.getLogger(name) for name in ("l2metrics", "l2logger")]
     saved = [(lg.propagate, lg.level) for lg in loggers]
     for lg in loggers:
         lg.addHandler(handler)

@@ -21,8 +21,9 @@ from cl.store import Run
 
 PERF = "accuracy"  # the performance column (logger_info.json's metrics_columns)
 WORKER = "cl"
-SCENARIO_INFO = {"author": "cl", "scenario_type": "condensed", "complexity": "1-low",
-                 "difficulty": "2-medium"}  # fmt: skip
+# each task learned once, in one block (L2M's "condensed" scenario); complexity and difficulty
+# are left out (l2metrics then notes them as undefined)
+SCENARIO_INFO = {"author": "cl", "scenario_type": "condensed"}
 
 
 def task_names(benchmark: str, n_tasks: int) -> list[str]:
@@ -42,9 +43,7 @@ def lifetime(run: Run) -> tuple[list[float], list[list[float]], list[list[tuple[
         raise UserError(f"{run.path} has no per-iteration evaluation rows in metrics.jsonl")
     first = rows[rows["iteration"] == 0]
     if first.empty or first[cols].iloc[0].isna().any():
-        raise UserError(
-            f"{run.path} has no evaluation of every task before training (iteration 0)"
-        )
+        raise UserError(f"{run.path} has no evaluation of every task before training (iteration 0)")
     b = [float(v) for v in first[cols].iloc[0]]
     R, learning = [], []
     for k in range(len(cols)):
@@ -55,9 +54,7 @@ def lifetime(run: Run) -> tuple[list[float], list[list[float]], list[list[tuple[
             raise UserError(f"{run.path} has no training rows for experience {k}")
         end = rows_k[cols].iloc[-1]
         if end.isna().any():
-            raise UserError(
-                f"{run.path}: the last row of experience {k} does not score every task"
-            )
+            raise UserError(f"{run.path}: the last row of experience {k} does not score every task")
         R.append([float(v) for v in end])
         pairs = zip(rows_k["iteration"], rows_k["train/online_acc"], strict=True)
         learning.append([(int(i), float(a)) for i, a in pairs])

@@ -59,11 +59,11 @@ def _finished_with(folder: Path, tree: dict) -> bool:
 def train_experts(run_dir: Path, base: Path, names: list[str], quiet: bool = False) -> None:
     """Train (or reuse, when finished with the same config) one expert per task and store
     its L2Logger export in `base/taskinfo/` for l2metrics."""
+    from l2metrics import util as l2m_util
     from omegaconf import OmegaConf
 
     from cl import api, config
     from cl.validation import validate
-    from l2metrics import util as l2m_util
 
     tree = yaml.safe_load((run_dir / "config.yaml").read_text())
     parent = base / "ste_runs"
