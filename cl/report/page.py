@@ -67,6 +67,11 @@ def definition(key: str) -> str:
     """The one-line definition of summary key `key`, from its function's documentation."""
     if key in PLAIN:
         return PLAIN[key]
+    if key.startswith("l2m/"):
+        from cl.l2m import METRICS
+
+        label = dict(METRICS).get(key[4:], key[4:])
+        return f"L2M lifelong-learning metric (l2metrics): {label}"
     if key.startswith(("wf_", "wp_")):
         what = "forgetting" if key.startswith("wf") else "plasticity"
         return f"windowed {what} over {key[3:]} evaluations: " + _first(
