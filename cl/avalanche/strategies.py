@@ -1,0 +1,358 @@
+"""Avalanche strategies and plugins as cl strategies: names, options, validation, listing.
+
+`strategy=avalanche.<Name>` picks a strategy class of `avalanche.training` (a subclass of
+Avalanche's templates); `strategy=avalanche.<Plugin>` picks a plugin of
+`avalanche.training.plugins`, run in Avalanche's `Naive`. A list holds at most one strategy
+class and any number of plugins (`strategy=[avalanche.Replay,avalanche.EWCPlugin]`).
+`strategy.avalanche.<Name>.<arg>=value` sets a constructor argument; the config tree keeps
+them as `strategy: {avalanche: {<Name>: {<arg>: value}}}`. Arguments cl owns (`OWNED`) are
+filled from cl's config and refused if set. Importing this module imports neither torch nor
+avalanche; the functions that read Avalanche's classes import it (about 3 s).
+"""
+
+from __future__ import annotations
+
+import collections.abc
+import inspect
+import math
+import types
+import typing
+from dataclasses import dataclass
+from typing import Any
+
+from cl.errors import UserError
+
+PREFIX = "avalanche."
+KEY = "avalanche"  # the config tree's key under `strategy`
+MISSING = "???"  # OmegaConf's mark for a required value
+BASE = "Naive"  # the strategy that runs a list of plugins only
+
+# Constructor arguments cl fills (refused if set by hand), and where their value comes from.
+OWNED = {
+    "model": "model.* (cl's model)",
+    "optimizer": "optim.* (cl's optimizer)",
+    "criterion": "cross-entropy, as cl's runner",
+    "train_mb_size": "train.batch_size",
+    "batch_size": "train.batch_size",
+    "train_epochs": "train.epochs",
+    "eval_mb_size": "eval.batch_size",
+    "device": "run.device",
+    "plugins": "strategy=[avalanche.<Name>,avalanche.<Plugin>,...]",
+    "evaluator": "cl's evaluation (eval.*); Avalanche's evaluation and loggers are off",
+    "eval_every": "eval.every (cl evaluates; Avalanche's eval_every is -1)",
+    "peval_mode": "eval.every",
+}
+# Plugins that cannot run under cl: why.
+EXCLUDED = {
+    "SupervisedPlugin": "the base class of plugins",
+    "EvaluationPlugin": "cl does the evaluation (eval.*)",
+    "EarlyStoppingPlugin": "needs Avalanche's periodic evaluation, which is off under cl",
+    "LRSchedulerPlugin": "needs a scheduler object",
+}
+
+
+@dataclass(frozen=True)
+class Arg:
+    hint: Any  # type hint (Any when unannotated and the default says nothing)
+    default: Any  # inspect.Parameter.empty when required
+    plain: bool  # settable from a config value (numbers, strings, bools, lists, null)
+
+    @property
+    def required(self) -> bool:
+        return self.default is inspect.Parameter.empty
+
+
+def is_avalanche(name: str) -> bool:
+    return isinstance(name, str) and name.startswith(PREFIX)
+
+
+def label(spec: dict) -> str:
+    """The strategies of a config as one name: `avalanche.EWC`, `replay+center_loss`."""
+    if KEY in spec and isinstance(spec[KEY], dict):
+        return "+".join(f"{PREFIX}{n}" for n in spec[KEY])
+    return "+".join(spec)
+
+
+def available() -> tuple[dict[str, type], dict[str, type]]:
+    """({name: strategy class}, {name: plugin class}) of the installed Avalanche."""
+    import avalanche.training as training
+    import avalanche.training.plugins as plugins
+    from avalanche.core import BasePlugin
+    from avalanche.training.templates.base import BaseTemplate
+
+    strategies = {
+        n: c
+        for n, c in sorted(vars(training).items())
+        if inspect.isclass(c) and issubclass(c, BaseTemplate) and not n.endswith("Template")
+    }
+    plugin_classes = {
+        n: c
+        for n, c in sorted(vars(plugins).items())
+        if inspect.isclass(c) and issubclass(c, BasePlugin) and n not in strategies
+    }
+    return strategies, plugin_classes
+
+
+def resolve(name: str) -> tuple[type, bool]:
+    """(class, is_plugin) of `avalanche.<Name>`; UserError naming the valid ones."""
+    short = name[len(PREFIX) :] if is_avalanche(name) else name
+    strategies, plugins = available()
+    if short in strategies:
+        return strategies[short], False
+    if short in plugins and short not in EXCLUDED:
+        return plugins[short], True
+    if short in EXCLUDED:
+        raise UserError(f"strategy={PREFIX}{short} cannot run under cl: {EXCLUDED[short]}")
+    valid = [n for n in strategies if runnable(strategies[n])[0]]
+    valid += [n for n in plugins if n not in EXCLUDED and runnable(plugins[n])[0]]
+    raise UserError(
+        f"unknown strategy '{PREFIX}{short}'; Avalanche strategies and plugins: "
+        f"{', '.join(PREFIX + n for n in valid)} (cl list strategies)"
+    )
+
+
+def _is_plain(hint: Any) -> bool:
+    if hint is Any or hint in (int, float, bool, str, type(None)):
+        return True
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is typing.Literal:
+        return True
+    if origin in (typing.Union, types.UnionType):
+        return all(_is_plain(a) for a in args)
+    if origin in (list, tuple, collections.abc.Sequence):
+        return all(_is_plain(a) for a in args if a is not Ellipsis)
+    return False
+
+
+def _hint_of_default(default: Any) -> Any:
+    if isinstance(default, bool | int | float | str):
+        return type(default)
+    if isinstance(default, list):
+        return list
+    return Any if default is None or default is inspect.Parameter.empty else object
+
+
+def parameters(cls: type) -> dict[str, Arg]:
+    """{argument: Arg} of the constructor of an Avalanche class, cl's owned ones included."""
+    init = cls.__init__
+    try:
+        hints = typing.get_type_hints(init)
+    except Exception:  # noqa: BLE001 - forward references Avalanche leaves unresolved
+        hints = {}
+    out = {}
+    for key, p in inspect.signature(init).parameters.items():
+        if key == "self" or p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
+            continue
+        if key in hints:
+            hint = hints[key]
+        elif p.annotation is not p.empty and not isinstance(p.annotation, str):
+            hint = p.annotation
+        elif p.annotation is not p.empty:
+            hint = object  # an unresolved forward reference: a class, not a config value
+        else:
+            hint = _hint_of_default(p.default)
+        plain = _is_plain(hint) and (
+            p.default is p.empty or p.default is None or _is_plain(_hint_of_default(p.default))
+        )
+        out[key] = Arg(hint, p.default, plain)
+    return out
+
+
+def runnable(cls: type) -> tuple[bool, str]:
+    """(True, "") if cl can fill every required argument, else (False, why)."""
+    missing = [
+        k for k, a in parameters(cls).items() if a.required and not a.plain and k not in OWNED
+    ]
+    if missing:
+        return False, f"needs {', '.join(missing)} (Python objects, not config values)"
+    return True, ""
+
+
+def settable(cls: type) -> dict[str, Arg]:
+    return {k: a for k, a in parameters(cls).items() if a.plain and k not in OWNED}
+
+
+def defaults(name: str) -> dict[str, Any]:
+    """The config entry of `avalanche.<Name>`: its settable arguments with their defaults
+    (`???` where the constructor requires a value)."""
+    cls, _ = resolve(name)
+    ok, why = runnable(cls)
+    if not ok:
+        raise UserError(f"strategy={PREFIX}{cls.__name__} cannot run under cl: it {why}")
+    out = {}
+    for key, a in settable(cls).items():
+        out[key] = MISSING if a.required else a.default
+    return out
+
+
+def _type_name(hint: Any) -> str:
+    if typing.get_origin(hint) is typing.Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(hint))
+    args = typing.get_args(hint)
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in args)
+    if typing.get_origin(hint) in (list, tuple, collections.abc.Sequence):
+        return f"a list of {_type_name(args[0]) if args else 'values'}"
+    if hint is type(None):
+        return "null"
+    return getattr(hint, "__name__", str(hint))
+
+
+def convert(value: Any, hint: Any) -> Any:
+    """`value` as type `hint` (int -> float allowed, bool never a number); raises TypeError."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        for a in args:
+            try:
+                return convert(value, a)
+            except TypeError:
+                pass
+        raise TypeError(value)
+    if origin is typing.Literal:
+        if value in args:
+            return value
+        raise TypeError(value)
+    if origin in (list, tuple, collections.abc.Sequence) or hint is list:
+        if not isinstance(value, list):
+            raise TypeError(value)
+        return [convert(v, args[0]) if args else v for v in value]
+    if hint is type(None) and value is None:
+        return None
+    if isinstance(value, bool):
+        if hint is bool:
+            return value
+        raise TypeError(value)
+    if hint is int and isinstance(value, int):
+        return value
+    if hint is float and isinstance(value, int | float) and math.isfinite(value):
+        return float(value)
+    if hint is str and isinstance(value, str):
+        return value
+    raise TypeError(value)
+
+
+def check(spec: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Validate `strategy.avalanche` ({Name: {arg: value}}); returns it converted.
+
+    UserError for an unknown name, an unknown, owned, missing or ill-typed argument, more
+    than one strategy class, or a value the constructor refuses (it is built once with a
+    dummy model and optimizer, so its own checks run before any work).
+    """
+    if not isinstance(spec, dict) or not spec:
+        raise UserError(f"strategy.{KEY} must map Avalanche names to their arguments")
+    out, classes = {}, []
+    for name, args in spec.items():
+        cls, is_plugin = resolve(name)
+        where = f"strategy.{KEY}.{name}"
+        if not isinstance(args, dict):
+            raise UserError(f"{where} must be a mapping of arguments, got {args!r}")
+        allowed = settable(cls)
+        valid = ", ".join(allowed) or "(none)"
+        conv = {}
+        for key, value in args.items():
+            if key in OWNED:
+                raise UserError(
+                    f"{where}.{key} is set by cl from {OWNED[key]}; remove it "
+                    f"(arguments that can be set: {valid})"
+                )
+            if key not in allowed:
+                raise UserError(f"unknown key '{where}.{key}'; valid keys: {valid}")
+            if value == MISSING:
+                raise UserError(
+                    f"{PREFIX}{name} needs {where}.{key}=<{_type_name(allowed[key].hint)}> "
+                    f"(required by its constructor)"
+                )
+            try:
+                conv[key] = convert(value, allowed[key].hint)
+            except TypeError:
+                shown = "null" if value is None else repr(value)
+                raise UserError(
+                    f"{where}.{key}={shown} has the wrong type; expected "
+                    f"{_type_name(allowed[key].hint)} (valid keys: {valid})"
+                ) from None
+        for key, a in allowed.items():
+            if a.required and key not in conv:
+                raise UserError(
+                    f"{PREFIX}{name} needs {where}.{key}=<{_type_name(a.hint)}> "
+                    f"(required by its constructor)"
+                )
+        out[name] = conv
+        classes.append((name, cls, is_plugin))
+    strategies = [n for n, _, p in classes if not p]
+    if len(strategies) > 1:
+        raise UserError(
+            f"strategy lists {len(strategies)} Avalanche strategies ({', '.join(strategies)}); "
+            "one strategy at most, with any number of plugins"
+        )
+    _try_build(classes, out)
+    return out
+
+
+def _try_build(classes, args) -> None:
+    """Build each class once with a dummy model, to run its own argument checks."""
+    import warnings
+
+    import torch
+
+    for name, cls, is_plugin in classes:
+        model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 2))
+        kwargs = dict(args[name])
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                if is_plugin:
+                    cls(**kwargs, **owned_values(cls, model=model))
+                else:
+                    from cl.avalanche.bridge import quiet_evaluator
+
+                    fill = dict(
+                        model=model,
+                        optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
+                        criterion=torch.nn.CrossEntropyLoss(),
+                        train_mb_size=1,
+                        train_epochs=1,
+                        eval_mb_size=1,
+                        device="cpu",
+                        plugins=[],
+                        evaluator=quiet_evaluator(),
+                        eval_every=-1,
+                    )
+                    cls(**kwargs, **owned_values(cls, **fill))
+        except (TypeError, ValueError, AssertionError) as e:
+            raise UserError(f"strategy.{KEY}.{name}: {e}") from None
+
+
+def owned_values(cls: type, **values: Any) -> dict[str, Any]:
+    """The subset of `values` (cl's fills for owned arguments) that `cls` accepts."""
+    params = inspect.signature(cls.__init__).parameters
+    if any(p.kind == p.VAR_KEYWORD for p in params.values()):
+        names = set(parameters(cls)) | (set(values) - {"batch_size"})
+    else:
+        names = set(params)
+    return {k: v for k, v in values.items() if k in names}
+
+
+def listing() -> str:
+    """`cl list strategies`'s avalanche section, from the installed Avalanche."""
+    try:
+        import avalanche
+    except ImportError:
+        return "avalanche: not installed (pip install 'cl[avalanche]')"
+    strategies, plugins = available()
+    lines = [
+        f"avalanche (avalanche-lib {avalanche.__version__}): strategy=avalanche.<Name>, "
+        f"arguments as strategy.avalanche.<Name>.<arg>=value; plugins run in {BASE}"
+    ]
+    for kind, table in (("strategy", strategies), ("plugin", plugins)):
+        for n, cls in table.items():
+            if n in EXCLUDED:
+                continue
+            ok, why = runnable(cls)
+            args = settable(cls)
+            req = [k for k, a in args.items() if a.required]
+            text = f"needs {', '.join(req)}; " if req else ""
+            text += f"options: {', '.join(args) or '(none)'}" if ok else f"not available: {why}"
+            lines.append(f"  {PREFIX + n:<34} {kind:<8} {text}")
+    return "\n".join(lines)
