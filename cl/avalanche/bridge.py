@@ -67,6 +67,8 @@ def task_masked(model: nn.Module, mask: torch.Tensor) -> nn.Module:
 
         def forward(self, x, task_labels):
             out = self.model(x)
+            if task_labels is None:  # Avalanche's convention: every task's output (LwF)
+                return {t: out.masked_fill(~m, MASK) for t, m in enumerate(mask)}
             return out.masked_fill(~mask[task_labels.to(mask.device)], MASK)
 
     return TaskMasked()
@@ -213,8 +215,7 @@ def run_stream(
     for exp, av_exp in zip(ctx.stream.experiences, bench.train_stream, strict=True):
         ctx.experience = exp.index
         ctx.seen_classes = sorted(set(ctx.seen_classes) | set(exp.classes))
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+        with warnings.catch_warnings(record=True):  # Avalanche's deprecation notes: kept off
             strategy.train(av_exp, eval_streams=[])
         ctx.model = _unwrap(strategy.model)
         log(monitor.row(ctx, epochs - 1, boundary=True))  # after every end-of-task change

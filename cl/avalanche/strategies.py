@@ -75,10 +75,17 @@ def label(spec: dict) -> str:
 
 def available() -> tuple[dict[str, type], dict[str, type]]:
     """({name: strategy class}, {name: plugin class}) of the installed Avalanche."""
-    import avalanche.training as training
-    import avalanche.training.plugins as plugins
-    from avalanche.core import BasePlugin
-    from avalanche.training.templates.base import BaseTemplate
+    try:
+        import avalanche.training as training
+        import avalanche.training.plugins as plugins
+        from avalanche.core import BasePlugin
+        from avalanche.training.templates.base import BaseTemplate
+    except ImportError:
+        raise UserError(
+            "strategy=avalanche.<Name> needs avalanche-lib: pip install 'cl[avalanche]'"
+        ) from None
+    except OSError as e:  # its import writes ~/.avalanche/config.json
+        raise UserError(f"avalanche could not start ({e}); it needs a writable HOME") from None
 
     strategies = {
         n: c
