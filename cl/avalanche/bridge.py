@@ -49,9 +49,9 @@ def benchmark(stream: Stream):
     from avalanche.benchmarks import tensors_benchmark
 
     exps = stream.experiences
-    return tensors_benchmark(
-        [(e.x, e.y) for e in exps],
-        [(e.eval_x, e.eval_y) for e in exps],
+    return tensors_benchmark(  # on the CPU: Avalanche's loaders pin and move each batch
+        [(e.x.cpu(), e.y.cpu()) for e in exps],
+        [(e.eval_x.cpu(), e.eval_y.cpu()) for e in exps],
         task_labels=[e.index if stream.task_incremental else 0 for e in exps],
     )
 
