@@ -121,27 +121,39 @@ def _state(overrides):
     return api.build_state(cfg)
 
 
-def test_online_accuracy_and_loss_come_from_the_forward_before_the_update():
-    """One batch per experience (the whole experience): the first row's online accuracy and
-    loss are those of the initial model on experience 0, whatever the shuffle; a large
-    learning rate makes the model after the step score differently."""
+@pytest.mark.parametrize("name", ["Naive", "DER"])
+def test_online_accuracy_and_loss_come_from_the_forward_before_the_update(name):
+    """One batch per experience (the whole experience): the online accuracy of experience k's
+    iteration is that of the weights at the end of experience k-1 (the initial ones for k=0)
+    on experience k's samples, whatever the shuffle, and only on those samples: DER puts its
+    replayed samples before them. A large learning rate makes the weights after each step
+    score differently."""
     from cl.avalanche import bridge
 
-    state = _state(["strategy=avalanche.Naive", "train.batch_size=64", "optim.lr=5"])
-    model0 = [p.detach().clone() for p in state.ctx.model.parameters()]
+    state = _state([f"strategy=avalanche.{name}", "train.batch_size=64", "optim.lr=5"])
+    model = state.ctx.model
+    weights = [[p.detach().clone() for p in model.parameters()]]
     rows = []
-    bridge.run_stream(state, rows.append)
-    exp = state.ctx.stream.experiences[0]
-    with torch.no_grad():
-        for p, p0 in zip(state.ctx.model.parameters(), model0, strict=True):
-            p.copy_(p0)  # score the initial weights
-        out = state.ctx.model(exp.x)
-    want_acc = (out.argmax(1) == exp.y).float().mean().item()
-    assert rows[1]["iteration"] == 1 and rows[1]["experience"] == 0
-    assert rows[1]["train/online_acc"] == pytest.approx(want_acc)
-    assert rows[1]["train/loss"] == pytest.approx(F.cross_entropy(out, exp.y).item(), rel=1e-5)
+
+    def log(row):
+        rows.append(row)
+        if len(rows) > 1:  # experience ends: the weights the next experience starts from
+            weights.append([p.detach().clone() for p in model.parameters()])
+
+    bridge.run_stream(state, log)
     assert len(rows) == 1 + 5  # before training + one boundary row per experience
     assert [r["iteration"] for r in rows] == list(range(6))
+    for k in range(3):
+        exp = state.ctx.stream.experiences[k]
+        with torch.no_grad():
+            for p, p0 in zip(model.parameters(), weights[k], strict=True):
+                p.copy_(p0)
+            out = model(exp.x)
+        want = (out.argmax(1) == exp.y).float().mean().item()
+        assert rows[k + 1]["train/online_acc"] == pytest.approx(want), k
+        if name == "Naive":
+            ce = F.cross_entropy(out, exp.y).item()
+            assert rows[k + 1]["train/loss"] == pytest.approx(ce, rel=1e-5)
 
 
 def test_task_incremental_streams_give_task_labels_and_masked_logits():

@@ -178,6 +178,10 @@ def run_stream(
         """Feeds cl's monitor after every Avalanche training iteration."""
 
         norm: float | None = None
+        y0: torch.Tensor | None = None
+
+        def before_training_iteration(self, strategy, **kwargs):
+            self.y0 = strategy.mb_y  # labels as loaded, before a strategy adds its memory
 
         def after_backward(self, strategy, **kwargs):  # first plugin: before any projection
             want = monitor.probe_due(ctx.iteration + 1)
@@ -185,10 +189,14 @@ def run_stream(
 
         def after_training_iteration(self, strategy, **kwargs):
             clock = strategy.clock  # counters of this iteration, before Avalanche's Clock
+            y, y0 = strategy.mb_y, self.y0
             done = clock.train_epoch_iterations * bs
-            n = max(1, min(bs, len(strategy.adapted_dataset) - done, len(strategy.mb_y)))
-            out = strategy.mb_output[:n].detach()  # the forward before this update
-            correct = (out.argmax(1) == strategy.mb_y[:n]).sum()
+            n = max(1, min(bs, len(strategy.adapted_dataset) - done, len(y0)))
+            at = 0  # the new samples come first (replay loaders), or last (DER puts memory first)
+            if len(y) > len(y0) and not torch.equal(y[: len(y0)], y0):
+                at = len(y) - len(y0)
+            out = strategy.mb_output[at : at + n].detach()  # the forward before this update
+            correct = (out.argmax(1) == y[at : at + n]).sum()
             monitor.step(strategy.loss.detach(), correct, self.norm, n=n)
             ctx.iteration += 1
             ctx.model = _unwrap(strategy.model)

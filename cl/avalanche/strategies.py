@@ -51,6 +51,14 @@ EXCLUDED = {
 }
 
 
+# Strategies whose `model` must be one of Avalanche's special networks (not annotated).
+SPECIAL_MODELS = {
+    "PNNStrategy": "a PNN model (avalanche.models.PNN)",
+    "AETraining": "an autoencoder",
+    "VAETraining": "a VAE model",
+}
+
+
 @dataclass(frozen=True)
 class Arg:
     hint: Any  # type hint (Any when unannotated and the default says nothing)
@@ -167,9 +175,21 @@ def parameters(cls: type) -> dict[str, Arg]:
 
 def runnable(cls: type) -> tuple[bool, str]:
     """(True, "") if cl can fill every required argument, else (False, why)."""
-    missing = [
-        k for k, a in parameters(cls).items() if a.required and not a.plain and k not in OWNED
-    ]
+    import torch
+
+    params = parameters(cls)
+    if cls.__name__ in SPECIAL_MODELS:
+        return False, f"needs {SPECIAL_MODELS[cls.__name__]}, not cl's model"
+    model = params.get("model")
+    if model is None and "optimizer" not in params and "slda_model" not in params:
+        if "train_mb_size" in params:  # a strategy that builds its own network
+            return False, "builds its own model, not cl's"
+    elif model is not None:
+        kinds = typing.get_args(model.hint) or (model.hint,)
+        special = [k for k in kinds if inspect.isclass(k) and issubclass(k, torch.nn.Module)]
+        if special and torch.nn.Module not in special and len(special) == len(kinds):
+            return False, f"needs a {' or '.join(k.__name__ for k in special)} model, not cl's"
+    missing = [k for k, a in params.items() if a.required and not a.plain and k not in OWNED]
     if missing:
         return False, f"needs {', '.join(missing)} (Python objects, not config values)"
     return True, ""
@@ -359,7 +379,7 @@ def listing() -> str:
             ok, why = runnable(cls)
             args = settable(cls)
             req = [k for k, a in args.items() if a.required]
-            text = f"needs {', '.join(req)}; " if req else ""
+            text = f"needs {', '.join(req)}; " if req and ok else ""
             text += f"options: {', '.join(args) or '(none)'}" if ok else f"not available: {why}"
             lines.append(f"  {PREFIX + n:<34} {kind:<8} {text}")
     return "\n".join(lines)
