@@ -217,7 +217,8 @@ def _drive(cfg, plain_config, folder: Path, state, run_id: str, rows: int, quiet
             summary = outputs.summary(state, status, error, time.perf_counter() - began)
             if status == "interrupted":
                 summary["checkpoint_iteration"] = saver.saved_at
-                summary["resume"] = f"cl run --resume {folder}"
+                if saver.saved_at is not None:  # no checkpoint (an Avalanche strategy): no resume
+                    summary["resume"] = f"cl run --resume {folder}"
             outputs.write(folder, summary, wandb, cfg, finished=status == "finished")
             code = {"finished": 0, "failed": 1}.get(status, 128 + int(signum or 0))
             for s in sinks:

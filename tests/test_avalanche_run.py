@@ -229,3 +229,31 @@ def test_each_strategy_runs_on_split_mnist(name, tmp_path):
     assert s["status"] == "finished" and 0.0 <= s["acc"] <= 1.0
     assert s["n_iterations"] >= 5 and len(s["accuracy_matrix"]) == 5
     assert run.metrics["train/loss"].dropna().map(lambda v: v == v and v < 1e3).all()
+
+
+def test_an_interrupted_avalanche_run_stops_cleanly_without_a_resume_hint(tmp_path, monkeypatch):
+    """SIGINT during Avalanche's loop: the bridge's safe point stops the run after the
+    iteration, the rows are kept, status `interrupted`, and no checkpoint or resume hint."""
+    import os
+    import signal
+
+    from cl.interrupt import Interrupted
+    from cl.store import LocalStore
+
+    original = LocalStore.log
+
+    def log(self, row):
+        original(self, row)
+        if row["iteration"] == 3:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    monkeypatch.setattr(LocalStore, "log", log)
+    overrides = [f"run.dir={tmp_path}", "run.progress=false", "run.report=false", *TINY]
+    with pytest.raises(Interrupted) as stop:
+        cl.run([*overrides, "wandb.mode=disabled", "strategy=avalanche.Naive"], quiet=True)
+    assert stop.value.checkpoint is None
+    folder = stop.value.folder
+    s = json.loads((folder / "summary.json").read_text())
+    assert s["status"] == "interrupted" and "resume" not in s
+    assert s["n_iterations"] == 3 and s["n_eval_rows"] == 4
+    assert not (folder / "checkpoint.pt").exists()
