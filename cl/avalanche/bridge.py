@@ -91,6 +91,7 @@ class EvalView(nn.Module):
         ]
 
     def train(self, mode: bool = True):
+        self.training = mode
         self.unwrap(self.strategy[0].model).train(mode)
         return self
 
