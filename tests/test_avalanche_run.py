@@ -257,3 +257,24 @@ def test_an_interrupted_avalanche_run_stops_cleanly_without_a_resume_hint(tmp_pa
     assert s["status"] == "interrupted" and "resume" not in s
     assert s["n_iterations"] == 3 and s["n_eval_rows"] == 4
     assert not (folder / "checkpoint.pt").exists()
+
+
+def test_evaluation_applies_bics_bias_correction_and_follows_gdumbs_new_model():
+    """cl's evaluator scores what Avalanche's evaluation would: BiC's `after_eval_forward`
+    correction is applied; GDumb's fresh model (it replaces the strategy's) is scored."""
+    from cl.avalanche import bridge
+
+    bic = ["strategy.avalanche.BiC.stage_2_epochs=5", "strategy.avalanche.BiC.lr=0.5"]
+    state = _state(["strategy=avalanche.BiC", *bic])
+    bridge.run_stream(state, lambda row: None)
+    view = state.monitor.evaluator.view
+    assert [type(p).__name__ for p in view.hooks] == ["BiCPlugin"]
+    x = state.ctx.stream.experiences[0].eval_x[:50]
+    with torch.no_grad():
+        assert not torch.allclose(view(x), state.ctx.model(x))
+
+    state = _state(["strategy=avalanche.GDumb", "strategy.avalanche.GDumb.mem_size=50"])
+    first = state.ctx.model
+    bridge.run_stream(state, lambda row: None)
+    assert state.ctx.model is not first  # GDumb trains a fresh copy at every experience
+    assert state.monitor.evaluator.view.strategy[0].model is state.ctx.model
