@@ -13,6 +13,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from cl import checkpoint, config, outputs
+from cl.avalanche.strategies import KEY as AVALANCHE
+from cl.avalanche.strategies import label
 from cl.config import RunConfig
 from cl.errors import RunFailed, UserError
 from cl.interrupt import Interrupted, catch_stops
@@ -60,7 +62,8 @@ def build_state(cfg: RunConfig, ckpt: dict | None = None):
     stream = build_stream(b, data, cfg.seed, cfg.eval.subset).to(device)
     model = build_model(cfg.model, stream.input_shape, stream.n_classes).to(device)
     ctx = make_context(cfg, stream, model, device, generator)
-    state = RunState(cfg, ctx, strategy.build(cfg.strategy), Monitor(cfg, ctx))
+    native = [] if AVALANCHE in cfg.strategy else strategy.build(cfg.strategy)
+    state = RunState(cfg, ctx, native, Monitor(cfg, ctx))
     try:
         if ckpt is not None:
             checkpoint.load_strategies(state, ckpt)
@@ -80,7 +83,7 @@ def start(cfg: RunConfig, plain_config: dict, quiet: bool = False) -> Run:
     from cl.environment import environment
     from cl.wandb_sink import new_run_id
 
-    default = f"{cfg.benchmark.name}-{'+'.join(cfg.strategy)}-s{cfg.seed}"
+    default = f"{cfg.benchmark.name}-{label(cfg.strategy)}-s{cfg.seed}"
     folder, made = create_run_folder(cfg.run.dir, cfg.run.name, default)
     try:
         state = build_state(cfg)
@@ -100,6 +103,11 @@ def resume(folder: str | Path, overrides=(), quiet: bool = False) -> Run:
     folder = Path(folder).expanduser()
     if not (folder / "config.yaml").is_file():
         raise UserError(f"{folder} is not a cl run folder (no config.yaml)")
+    if AVALANCHE in (config._read_yaml(folder / "config.yaml").get("strategy") or {}):
+        raise UserError(
+            f"{folder} ran an Avalanche strategy: such runs cannot be resumed exactly (the "
+            "strategy's plugins keep state that cl's checkpoints do not hold); start it again"
+        )
     cfg, tree = config.load_saved(folder / "config.yaml", list(overrides))
     summary_path = folder / SUMMARY_FILE
     if summary_path.is_file() and _status(summary_path) == "finished":
@@ -148,7 +156,11 @@ def _note_resume(folder: Path, iteration: int) -> None:
 def _drive(cfg, plain_config, folder: Path, state, run_id: str, rows: int, quiet: bool) -> Run:
     """Open the sinks, run the stream from the state's cursor, write the outputs."""
     from cl.console import Progress, summary_table
-    from cl.runner import run_stream
+
+    if AVALANCHE in cfg.strategy:  # an Avalanche strategy trains through its own loop
+        from cl.avalanche.bridge import run_stream
+    else:
+        from cl.runner import run_stream
 
     began = time.perf_counter()
     store = LocalStore(folder, rows)
@@ -205,7 +217,8 @@ def _drive(cfg, plain_config, folder: Path, state, run_id: str, rows: int, quiet
             summary = outputs.summary(state, status, error, time.perf_counter() - began)
             if status == "interrupted":
                 summary["checkpoint_iteration"] = saver.saved_at
-                summary["resume"] = f"cl run --resume {folder}"
+                if saver.saved_at is not None:  # no checkpoint (an Avalanche strategy): no resume
+                    summary["resume"] = f"cl run --resume {folder}"
             outputs.write(folder, summary, wandb, cfg, finished=status == "finished")
             code = {"finished": 0, "failed": 1}.get(status, 128 + int(signum or 0))
             for s in sinks:

@@ -21,6 +21,7 @@ EPILOG = """examples:
   cl run benchmark.source=mnist data.root=~/data      full torchvision MNIST
   cl run --print-config optim.lr=0.1                  show the resolved config only
   cl run --resume runs/split_mnist-replay-s0-...      continue a stopped run
+  cl run strategy=avalanche.EWC strategy.avalanche.EWC.ewc_lambda=0.4   an Avalanche strategy
   cl list strategies
 """
 
@@ -150,6 +151,10 @@ def _list(what: str) -> None:
     for name, entry in table.items():
         paper = f"  [{entry.paper}]" if entry.paper else ""
         print(f"{name:<{width}} {entry.description}{paper}")
+    if what == "strategies":  # generated from the installed Avalanche (imports it: ~3 s)
+        from cl.avalanche.strategies import listing
+
+        print(f"\n{listing()}")
 
 
 def _run(args) -> None:

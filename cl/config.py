@@ -17,6 +17,9 @@ import yaml
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from cl.avalanche.strategies import KEY as AVALANCHE
+from cl.avalanche.strategies import OWNED, PREFIX, is_avalanche
+from cl.avalanche.strategies import defaults as avalanche_defaults
 from cl.catalog import STRATEGIES
 from cl.errors import UserError
 
@@ -195,7 +198,14 @@ def _strategy_names(value: Any) -> list[str]:
             f"strategy must be a name or a list of names, got {value!r}; "
             f"valid choices: {', '.join(STRATEGIES)}"
         )
+    if any(is_avalanche(n) for n in names) and not all(is_avalanche(n) for n in names):
+        raise UserError(
+            f"strategy={names} mixes cl and Avalanche strategies; list either cl strategies or "
+            "avalanche.<Name>s (one Avalanche strategy and any Avalanche plugins)"
+        )
     for n in names:
+        if is_avalanche(n):
+            continue
         if n not in STRATEGIES:
             raise UserError(f"unknown strategy '{n}'; valid choices: {', '.join(STRATEGIES)}")
     if len(set(names)) != len(names):
@@ -220,7 +230,12 @@ def compose(overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
         if group in picks:
             tree[group] = {**tree.get(group, {}), **_group_file(group, str(picks[group]))}
     names = _strategy_names(picks.get("strategy", "naive"))
-    tree["strategy"] = {n: _group_file("strategy", n) or {} for n in names}
+    if is_avalanche(names[0]):  # strategy.avalanche.<Name>.<arg>; no checkpoints (no resume)
+        tree["strategy"] = {AVALANCHE: {n[len(PREFIX) :]: avalanche_defaults(n) for n in names}}
+        _no_checkpoint_keys(names, cli_keys)
+        tree["run"] = {**tree.get("run", {}), "checkpoint": False}
+    else:
+        tree["strategy"] = {n: _group_file("strategy", n) or {} for n in names}
 
     schema = OmegaConf.structured(RunConfig)
     try:
@@ -231,6 +246,16 @@ def compose(overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
     except OmegaConfBaseException as e:
         raise UserError(_explain(e)) from None
     return cfg
+
+
+def _no_checkpoint_keys(names: list[str], keys: list[tuple[str, Any]]) -> None:
+    for key, value in keys:
+        if key.startswith("run.checkpoint") and not (key == "run.checkpoint" and value is False):
+            raise UserError(
+                f"'{key}' does not apply to strategy={','.join(names)}: Avalanche strategies "
+                "keep state cl's checkpoints cannot hold, so their runs are not checkpointed "
+                "and cannot be resumed"
+            )
 
 
 def _assign(cfg: DictConfig, key: str, value: Any) -> None:
@@ -247,7 +272,16 @@ def _assign(cfg: DictConfig, key: str, value: Any) -> None:
             f"'{key}' sets an option of a strategy that is not selected; "
             f"selected: {', '.join(cfg.strategy)} (pick it with strategy=...)"
         )
-    if not isinstance(parent, DictConfig) or leaf not in parent:
+    if (
+        key.startswith(f"strategy.{AVALANCHE}.")
+        and leaf in OWNED
+        and isinstance(parent, DictConfig)
+    ):
+        raise UserError(
+            f"{key} is set by cl from {OWNED[leaf]}; remove it "
+            f"(arguments that can be set: {', '.join(parent.keys()) or '(none)'})"
+        )
+    if not isinstance(parent, DictConfig) or leaf not in parent.keys():  # keys(): also ???
         valid = ", ".join(parent.keys()) if isinstance(parent, DictConfig) else "(none)"
         raise UserError(f"unknown key '{key}'; valid keys here: {valid}")
     if isinstance(value, list | dict):

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from cl.avalanche.strategies import label
 from cl.config import RunConfig
 from cl.store import SUMMARY_FILE, load_run, write_json
 
@@ -39,7 +40,7 @@ def write(folder: Path, values: dict, wandb, cfg: RunConfig, finished: bool) -> 
     from cl import plots
 
     (folder / "plots").mkdir(exist_ok=True)
-    title = f"{cfg.benchmark.name} / {'+'.join(cfg.strategy)}"
+    title = f"{cfg.benchmark.name} / {label(cfg.strategy)}"
     paths = [plots.accuracy_curves(run.metrics, folder / "plots" / "accuracy_curves.png", title)]
     if values.get("accuracy_matrix"):
         R = np.array(values["accuracy_matrix"], dtype=float)

@@ -107,12 +107,18 @@ def validate(cfg: DictConfig) -> RunConfig:
     from cl import strategy
 
     for name, args in cfg.strategy.items():
+        if name == "avalanche" and len(cfg.strategy) == 1:  # Avalanche's classes (cl.avalanche)
+            from cl.avalanche.strategies import check
+
+            cfg.strategy[name] = check(as_plain(args))
+            continue
         if not isinstance(args, DictConfig | dict):
             raise UserError(f"strategy.{name} must be a mapping of options, got {args!r}")
         cfg.strategy[name] = strategy.check_options(name, as_plain(args))
     typed = OmegaConf.to_object(cfg)
     for name in typed.strategy:
-        strategy.check_compatible(name, typed)
+        if name != "avalanche":
+            strategy.check_compatible(name, typed)
     return typed
 
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cl.avalanche.strategies import label
 from cl.errors import UserError
 from cl.store import METRICS_FILE, SUMMARY_FILE, load_run
 
@@ -94,7 +95,7 @@ def group_runs(runs: list[RunView], sweep: dict | None) -> list[str]:
     else:
         flats = [_flat(r.config) for r in runs]
         for f, r in zip(flats, runs, strict=True):  # the strategy list as one value
-            f["strategy"] = "+".join(r.config.get("strategy") or {})
+            f["strategy"] = label(r.config.get("strategy") or {})  # avalanche.EWC, replay+...
         keys = sorted({k for f in flats for k in f})
         differ = [
             k
