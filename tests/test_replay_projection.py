@@ -199,11 +199,21 @@ def test_projection_before_replay_keeps_its_own_memory():
     assert not agem.shared and len(agem.y) == 30  # its own memory, 10 per experience
 
 
-def test_strategy_metrics_in_a_run_folder(tmp_path):
-    run = api.run([*SMALL, "strategy=[replay,agem]", "eval.every=4", f"run.dir={tmp_path}"], True)
-    m = run.metrics
-    series = m["strategy/agem/projected"].dropna()
-    assert len(series) > 0 and series.between(0, 1).all()
-    assert m.loc[m["experience"] == 0, "strategy/agem/projected"].isna().all()  # no memory yet
-    assert 0 <= run.summary["strategy/agem/projected"] <= 1
-    assert 0 < run.summary["strategy/agem/norm_ratio"] <= 1 + 1e-6  # A-GEM only shortens g
+def test_monitor_averages_strategy_metrics_per_row_and_over_the_run():
+    cfg, _ = config.load([*SMALL, "strategy=replay"])
+    state = api.build_state(cfg)
+    monitor, ctx = state.monitor, state.ctx
+    one = (torch.tensor(1.0), torch.tensor(3), None)
+    monitor.step(*one, {"strategy/x/a": 1.0}, n=4)
+    monitor.step(*one, {}, n=4)  # nothing to report: left out of the means
+    monitor.step(*one, {"strategy/x/a": 0.0, "strategy/x/b": 2.0}, n=4)
+    saved = monitor.state_dict()  # mid-row: the window survives a checkpoint
+    monitor.stats, monitor.stats_total = {}, {}
+    monitor.load_state_dict(saved)
+    row = monitor.row(ctx, epoch=0, boundary=False)
+    assert row["strategy/x/a"] == 0.5 and row["strategy/x/b"] == 2.0
+    monitor.step(*one, {"strategy/x/a": 1.0}, n=4)
+    row = monitor.row(ctx, epoch=0, boundary=False)
+    assert row["strategy/x/a"] == 1.0 and "strategy/x/b" not in row
+    summary = monitor.summary()
+    assert summary["strategy/x/a"] == pytest.approx(2 / 3) and summary["strategy/x/b"] == 2.0
