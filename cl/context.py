@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -40,6 +40,11 @@ class Context:
     class_mask: torch.Tensor | None = None  # (n_tasks, n_classes) in task-incremental streams
     generator: torch.Generator | None = None  # the run's training RNG (sampling, shuffling)
     features: torch.Tensor | None = None  # penultimate features of the current training batch
+    # A rehearsal strategy's episodic memory (tensors `x`, `y`, `task`), set in its `setup`, for
+    # the strategies after it in the list (replay -> GEM/A-GEM reference gradients), and the
+    # memory samples it mixed into this iteration's batch (None while the memory is empty).
+    memory: Any = None
+    replayed: Batch | None = None
 
     def logits(self, output: torch.Tensor, task: torch.Tensor) -> torch.Tensor:
         """Restrict logits to each sample's task classes when the stream is task-incremental."""

@@ -41,6 +41,8 @@ class Monitor:
         self.record = Record()
         self.window: dict[str, list] = {"loss": [], "correct": [], "seen": []}
         self.grad_norm: float | None = None
+        self.stats: dict[str, list[float]] = {}  # strategy metrics since the last row
+        self.stats_total: dict[str, list[float]] = {}  # key -> [sum, count] over the run
         self.boundary_hits: torch.Tensor | None = None  # per-sample correctness at last switch
         self.probe = None
         self.iteration = 0
@@ -60,13 +62,22 @@ class Monitor:
         return iteration % self.cfg.eval.every == 0 or self.probe_due(iteration)
 
     def step(
-        self, loss: torch.Tensor, correct: torch.Tensor, grad_norm: float | None, n: int
+        self,
+        loss: torch.Tensor,
+        correct: torch.Tensor,
+        grad_norm: float | None,
+        stats: dict[str, float],
+        n: int,
     ) -> None:
         self.window["loss"].append(loss)
         self.window["correct"].append(correct)
         self.window["seen"].append(n)
         if grad_norm is not None:
             self.grad_norm = grad_norm
+        for key, value in stats.items():
+            self.stats.setdefault(key, []).append(float(value))
+            total = self.stats_total.setdefault(key, [0.0, 0.0])
+            total[0], total[1] = total[0] + float(value), total[1] + 1
 
     def row(self, ctx: Context, epoch: int, boundary: bool) -> dict:
         """Evaluate and return the row for this iteration (all tasks at boundaries)."""
@@ -76,6 +87,8 @@ class Monitor:
         accs, losses, hits = self.evaluator(ctx.model, n_eval)
         row: dict = {"iteration": ctx.iteration, "experience": k, "epoch": epoch}
         row.update(self._train_stats(k))
+        row.update({key: sum(v) / len(v) for key, v in self.stats.items()})
+        self.stats = {}
         for i, (a, lo) in enumerate(zip(accs, losses, strict=True)):
             row[f"eval/acc/task_{i}"] = a
             row[f"eval/loss/task_{i}"] = lo
@@ -145,6 +158,8 @@ class Monitor:
                 "seen": list(w["seen"]),
             },
             "grad_norm": self.grad_norm,
+            "stats": {k: list(v) for k, v in self.stats.items()},
+            "stats_total": {k: list(v) for k, v in self.stats_total.items()},
             "boundary_hits": self.boundary_hits,
             "iteration_at_row": self.iteration,
             "streaming": self.streaming.state_dict(),
@@ -166,6 +181,8 @@ class Monitor:
             "seen": list(w["seen"]),
         }
         self.grad_norm = state["grad_norm"]
+        self.stats = {k: list(v) for k, v in state.get("stats", {}).items()}
+        self.stats_total = {k: list(v) for k, v in state.get("stats_total", {}).items()}
         self.boundary_hits = state["boundary_hits"]
         self.iteration = state["iteration_at_row"]
         self.streaming.load_state_dict(state["streaming"])
@@ -211,4 +228,5 @@ class Monitor:
             "grad_norm",
         ):
             out[key] = r.plasticity.get(f"plasticity/{key}")
+        out |= {key: total / count for key, (total, count) in self.stats_total.items()}
         return out

@@ -64,7 +64,8 @@ def forward(model: torch.nn.Module, x: torch.Tensor):
 def train_step(ctx: Context, strategies: list[Strategy], batch: Batch, grad_norm: bool = False):
     """Forward, loss (task + strategy terms), backward, step.
 
-    Returns (loss, online correct count, gradient norm before any gradient surgery or None).
+    Returns (loss, online correct count, gradient norm before any gradient surgery or None,
+    the strategies' `metrics()` as {"strategy/<name>/<key>": value}).
     """
     output, ctx.features = forward(ctx.model, batch.x)
     logits = ctx.logits(output, batch.task)
@@ -86,7 +87,8 @@ def train_step(ctx: Context, strategies: list[Strategy], batch: Batch, grad_norm
         s.after_step(ctx)
     n = batch.n_new  # prequential accuracy: new samples, scored before this update
     correct = (logits[:n].argmax(1) == batch.y[:n]).sum()
-    return loss.detach(), correct, norm
+    stats = {f"strategy/{s.name}/{k}": v for s in strategies for k, v in s.metrics().items()}
+    return loss.detach(), correct, norm, stats
 
 
 @dataclass

@@ -76,6 +76,16 @@ class Strategy:
     def after_experience(self, ctx: Context) -> None:
         """Called at the end of each experience (e.g. memory update)."""
 
+    def metrics(self) -> dict[str, float]:
+        """Statistics of the iteration just trained (e.g. how a projection changed the gradient).
+
+        Read after every iteration. The monitor logs each value as `strategy/<name>/<key>`,
+        the mean over the iterations since the previous row, and the summary holds its mean
+        over all iterations that reported it. Return {} for an iteration with nothing to
+        report (it is left out of both means). Not state: rebuilt every iteration.
+        """
+        return {}
+
     def state_dict(self) -> dict[str, Any]:
         return {}
 

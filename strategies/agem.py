@@ -23,6 +23,25 @@ def project(g: torch.Tensor, g_ref: torch.Tensor) -> torch.Tensor:
     return g - (dot / (g_ref @ g_ref).clamp_min(1e-12)) * g_ref
 
 
+def projection_stats(g, projected, dot_ref, ref_norm) -> dict[str, float]:
+    """How the projection changed g: projected (0/1), cos(g, g~), |g~|/|g|, cos(g, g_ref)."""
+    norm = g.norm()
+    tiny = torch.finfo(g.dtype).tiny
+    if projected is g:
+        cos, ratio = 1.0, 1.0
+    else:
+        p_norm = projected.norm()
+        cos = float((g @ projected) / (norm * p_norm).clamp_min(tiny))
+        ratio = float(p_norm / norm.clamp_min(tiny))
+    ref_cos = float(dot_ref / (norm * ref_norm).clamp_min(tiny))
+    return {
+        "projected": float(projected is not g),
+        "cos": cos,
+        "norm_ratio": ratio,
+        "ref_cos": ref_cos,
+    }
+
+
 class AGEM(Strategy):
     """A-GEM (Chaudhry et al., ICLR 2019).
 
@@ -35,6 +54,15 @@ class AGEM(Strategy):
         g~ = g - (g . g_ref / g_ref . g_ref) g_ref    otherwise.
     Cost: one extra forward/backward of `sample_size` samples and two dot products.
     (Avalanche's default `sample_size` is 64; 256 here, the official MNIST/CIFAR setting.)
+
+    After replay (`strategy=[replay,agem]`; Hess, Tuytelaars & van de Ven, "Two Complementary
+    Perspectives to Continual Learning", arXiv 2311.04898, their `er_agem.py`): no own memory;
+    g is the gradient of replay's combined new + replayed loss, and g_ref that of the mean CE
+    on the very samples replay mixed into this batch (`ctx.replayed`, drawn from replay's
+    memory `ctx.memory`), so the projected step does not increase the replayed loss to first
+    order. `patterns_per_exp` and `sample_size` are then unused.
+    `metrics()`: `projected` (1 if g was changed), `cos` (cosine of g and g~), `norm_ratio`
+    (|g~| / |g|) and `ref_cos` (cosine of g and g_ref), in every iteration with a memory.
     """
 
     name = "agem"
@@ -49,30 +77,55 @@ class AGEM(Strategy):
         self.x: torch.Tensor | None = None
         self.y: torch.Tensor | None = None
         self.task: torch.Tensor | None = None
+        self.shared = False  # reference samples from a preceding replay (set in `setup`)
+        self.stats: dict[str, float] = {}
 
-    def reference_grads(self, ctx: Context) -> list[torch.Tensor]:
-        """g_ref, one tensor per parameter (zeros for parameters the loss does not reach)."""
+    def setup(self, ctx: Context) -> None:
+        self.shared = ctx.memory is not None
+
+    def reference_batch(self, ctx: Context):
+        """(x, y, task) for g_ref, or None while there is no memory."""
+        if self.shared:
+            r = ctx.replayed
+            return None if r is None else (r.x, r.y, r.task)
+        if self.y is None:
+            return None
         n = len(self.y)
         idx = torch.randperm(n, generator=ctx.generator)[: self.sample_size].to(self.y.device)
-        logits = ctx.logits(ctx.model(self.x.index_select(0, idx)), self.task[idx])
+        return self.x.index_select(0, idx), self.y[idx], self.task[idx]
+
+    def reference_grads(self, ctx: Context, ref=None) -> list[torch.Tensor]:
+        """g_ref on `ref` = (x, y, task) (default: `reference_batch`), one tensor per parameter
+        (zeros for parameters the loss does not reach)."""
+        x, y, task = ref or self.reference_batch(ctx)
+        logits = ctx.logits(ctx.model(x), task)
         params = list(ctx.model.parameters())
-        gs = torch.autograd.grad(F.cross_entropy(logits, self.y[idx]), params, allow_unused=True)
+        gs = torch.autograd.grad(F.cross_entropy(logits, y), params, allow_unused=True)
         return [torch.zeros_like(p) if g is None else g for p, g in zip(params, gs, strict=True)]
 
     def after_backward(self, ctx: Context) -> None:
-        if self.y is None:
+        self.stats = {}
+        ref = self.reference_batch(ctx)
+        if ref is None:
             return
-        refs = self.reference_grads(ctx)
+        refs = self.reference_grads(ctx, ref)
         params = list(ctx.model.parameters())
         grads = [torch.zeros_like(p) if p.grad is None else p.grad for p in params]
         g = torch.cat([t.flatten() for t in grads])
-        projected = project(g, torch.cat([r.flatten() for r in refs]))
+        g_ref = torch.cat([r.flatten() for r in refs])
+        projected = project(g, g_ref)
+        self.stats = projection_stats(g, projected, g_ref @ g, g_ref.norm())
         if projected is not g:
             chunks = projected.split([p.numel() for p in params])
             for p, chunk in zip(params, chunks, strict=True):
                 p.grad = chunk.view_as(p)
 
+    def metrics(self) -> dict[str, float]:
+        return self.stats
+
     def after_experience(self, ctx: Context) -> None:
+        if self.shared:
+            return
         e = ctx.stream.experiences[ctx.experience]
         idx = torch.randperm(len(e.y), generator=ctx.generator)[: self.patterns_per_exp]
         idx = idx.to(e.y.device)

@@ -13,6 +13,7 @@ import torch
 
 from cl.context import Context
 from cl.strategy import Strategy
+from strategies.memory import by_task
 from strategies.task_grads import task_gradients
 
 
@@ -61,40 +62,104 @@ class GEM(Strategy):
     (float32, then float64 for the QP; the official code casts G to float64 first, and eps =
     1e-3 dwarfs the rounding) and G^T v are sums over blocks, with no flat copies. G G^T is
     formed only when a constraint is violated.
+
+    `sample_size=n` takes each task's gradient on n of its memories drawn anew every step (one
+    minibatch per past task, as Hess et al.'s ER + GEM); null uses all of them (official GEM).
+    After replay (`strategy=[replay,gem]`; Hess, Tuytelaars & van de Ven, "Two Complementary
+    Perspectives to Continual Learning", arXiv 2311.04898, their `er_gem.py`): no own memory;
+    the past tasks are those of replay's memory (`ctx.memory`, grouped by each sample's task,
+    tasks before the current one), g is the gradient of replay's combined new + replayed
+    loss, and the projection keeps each past task's memory loss from increasing to first
+    order. `patterns_per_exp` is then unused.
+    `metrics()`: `projected` (1 if the QP fired), `cos` (cosine of g and g~), `norm_ratio`
+    (|g~| / |g|), `ref_cos` (the smallest cosine of g and a g_k), `violated` (share of past
+    tasks with <g, g_k> < 0), in every iteration with a memory.
     """
 
     name = "gem"
 
-    def __init__(self, patterns_per_exp: int = 256, memory_strength: float = 0.5):
+    def __init__(
+        self,
+        patterns_per_exp: int = 256,
+        memory_strength: float = 0.5,
+        sample_size: int | None = None,
+    ):
         if patterns_per_exp <= 0:
             raise ValueError(f"patterns_per_exp must be a positive integer, got {patterns_per_exp}")
         if memory_strength < 0:
             raise ValueError(f"memory_strength must be >= 0, got {memory_strength}")
+        if sample_size is not None and sample_size <= 0:
+            raise ValueError(f"sample_size must be a positive integer or null, got {sample_size}")
         self.patterns_per_exp = patterns_per_exp
         self.memory_strength = memory_strength
+        self.sample_size = sample_size
+        self.shared = False  # past tasks from a preceding replay's memory (set in `setup`)
+        self.stats: dict[str, float] = {}
         self.x: torch.Tensor | None = None  # all memories, task after task
         self.y: torch.Tensor | None = None
         self.sizes: list[int] = []  # memories per past task
         self.task: list[int] = []  # experience index of each past task
 
-    def memory_grads(self, ctx: Context) -> list[torch.Tensor]:
+    def setup(self, ctx: Context) -> None:
+        self.shared = ctx.memory is not None
+
+    def memories(self, ctx: Context):
+        """(x, y, sizes, tasks): the past tasks' memories back to back; None if there are none."""
+        if self.shared:  # a reservoir also holds the current task: only tasks before it
+            m = ctx.memory
+            if len(m) == 0:
+                return None
+            return by_task(m.x, m.y, m.task, self.sample_size, ctx.generator, ctx.experience)
+        if not self.sizes or self.sample_size is None:
+            return (self.x, self.y, self.sizes, self.task) if self.sizes else None
+        t = torch.repeat_interleave(torch.tensor(self.task), torch.tensor(self.sizes))
+        return by_task(self.x, self.y, t.to(self.y.device), self.sample_size, ctx.generator)
+
+    def memory_grads(self, ctx: Context, mem=None) -> list[torch.Tensor]:
         """Per parameter, (past tasks, *shape): row k = grad of task k's mean memory loss."""
-        return task_gradients(ctx.model, self.x, self.y, self.sizes, self.task, ctx.logits)
+        return task_gradients(ctx.model, *(mem or self.memories(ctx)), ctx.logits)
 
     def after_backward(self, ctx: Context) -> None:
-        if not self.sizes:
+        self.stats = {}
+        mem = self.memories(ctx)
+        if mem is None:
             return
         params = list(ctx.model.parameters())
         grads = [torch.zeros_like(p) if p.grad is None else p.grad for p in params]
-        blocks = [b.flatten(1) for b in self.memory_grads(ctx)]
+        blocks = [b.flatten(1) for b in self.memory_grads(ctx, mem)]
         Gg = sum(b @ g.flatten() for b, g in zip(blocks, grads, strict=True))
-        if not (Gg < 0).any():
+        gg = sum(g.flatten() @ g.flatten() for g in grads)
+        tiny = torch.finfo(Gg.dtype).tiny
+        norms = (gg * sum((b * b).sum(1) for b in blocks)).sqrt().clamp_min(tiny)
+        violated = Gg < 0
+        self.stats = {
+            "projected": 0.0,
+            "cos": 1.0,
+            "norm_ratio": 1.0,
+            "ref_cos": float((Gg / norms).min()),
+            "violated": float(violated.float().mean()),
+        }
+        if not violated.any():
             return
-        v = dual_weights(sum(b @ b.T for b in blocks), Gg, self.memory_strength)
+        P = sum(b @ b.T for b in blocks)
+        v = dual_weights(P, Gg, self.memory_strength)
         for p, b, g in zip(params, blocks, grads, strict=True):
             p.grad = g.add_((v @ b).view_as(g))
+        # |g~|^2 = |g|^2 + 2 v.Gg + v'Pv and g.g~ = |g|^2 + v.Gg, from what the QP already has
+        vGg = v @ Gg
+        new = (gg + 2 * vGg + v @ P @ v).clamp_min(0)
+        self.stats |= {
+            "projected": 1.0,
+            "cos": float((gg + vGg) / (gg * new).sqrt().clamp_min(tiny)),
+            "norm_ratio": float((new / gg.clamp_min(tiny)).sqrt()),
+        }
+
+    def metrics(self) -> dict[str, float]:
+        return self.stats
 
     def after_experience(self, ctx: Context) -> None:
+        if self.shared:
+            return
         e = ctx.stream.experiences[ctx.experience]
         idx = torch.randperm(len(e.y), generator=ctx.generator)[: self.patterns_per_exp]
         idx = idx.to(e.y.device)

@@ -7,6 +7,32 @@ from typing import Any
 import torch
 
 
+def by_task(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    task: torch.Tensor,
+    per_task: int | None = None,
+    generator: torch.Generator | None = None,
+    before: int | None = None,
+):
+    """(x, y, sizes, tasks): the samples grouped by task id (ascending), back to back, each
+    task cut to `per_task` random samples if set, only tasks < `before` if set; None if empty.
+    """
+    parts, tasks = [], []
+    for k in task.unique().tolist():
+        if before is not None and k >= before:
+            continue
+        idx = (task == k).nonzero().squeeze(1)
+        if per_task is not None and len(idx) > per_task:
+            idx = idx[torch.randperm(len(idx), generator=generator)[:per_task].to(idx.device)]
+        parts.append(idx)
+        tasks.append(k)
+    if not parts:
+        return None
+    idx = torch.cat(parts)
+    return x[idx], y[idx], [len(i) for i in parts], tasks
+
+
 class Memory:
     """A tensor store of (x, y, task) samples with uniform sampling."""
 

@@ -25,8 +25,15 @@ class Replay(Strategy):
     the stability-gap ER) or `reservoir` (uniform over all samples seen, updated every step).
     Loss: with `new_weight=None` the plain mean CE over new and replayed samples together
     (Avalanche's `ReplayPlugin`); with `new_weight=w`,
-    L = w * mean(CE_new) + (1 - w) * mean(CE_mem) (stability-gap ER; 0.3 on Split-MNIST).
-    While the memory is empty only the new samples count.
+    L = w * mean(CE_new) + (1 - w) * mean(CE_mem) (stability-gap ER; 0.3 on Split-MNIST);
+    with `new_weight="1/k"`, w = 1/k in the k-th experience: the replay approximation of the
+    joint loss over the k tasks so far (Hess, Tuytelaars & van de Ven, "Two Complementary
+    Perspectives to Continual Learning", arXiv 2311.04898). While the memory is empty only
+    the new samples count.
+
+    Sharing: `setup` puts the memory in `ctx.memory`, and every batch puts the replayed
+    samples in `ctx.replayed`, so strategies after replay in the list (GEM, A-GEM) take their
+    reference gradients on this memory instead of keeping their own.
     """
 
     name = "replay"
@@ -36,7 +43,7 @@ class Replay(Strategy):
         mem_size: int = 500,
         mem_batch_size: int | None = None,
         buffer: str = "class_balanced",
-        new_weight: float | None = 0.3,
+        new_weight: float | str | None = 0.3,
     ):
         if mem_size <= 0:
             raise ValueError(f"mem_size must be a positive integer, got {mem_size}")
@@ -46,22 +53,29 @@ class Replay(Strategy):
             )
         if buffer not in BUFFERS:
             raise ValueError(f"buffer must be one of {', '.join(BUFFERS)}, got {buffer!r}")
-        if new_weight is not None and not 0.0 < new_weight <= 1.0:
-            raise ValueError(f"new_weight must be in (0, 1] or null, got {new_weight}")
+        if isinstance(new_weight, str) and new_weight != "1/k":
+            raise ValueError(f"new_weight must be a number, '1/k' or null, got {new_weight!r}")
+        if isinstance(new_weight, int | float) and not 0.0 < new_weight <= 1.0:
+            raise ValueError(f"new_weight must be in (0, 1], '1/k' or null, got {new_weight}")
         self.mem_batch_size = mem_batch_size
         self.new_weight = new_weight
         self.memory = (ClassBalancedMemory if buffer == "class_balanced" else ReservoirMemory)(
             mem_size
         )
 
+    def setup(self, ctx: Context) -> None:
+        ctx.memory = self.memory
+
     def batch(self, ctx: Context, batch: Batch) -> Batch:
-        out = batch
+        out, ctx.replayed = batch, None
         if len(self.memory) > 0:
             m = self.mem_batch_size or batch.n_new
             mx, my, mt = self.memory.sample(m, ctx.generator)
+            ctx.replayed = Batch(mx, my, mt, 0)
             weight = None
             if self.new_weight is not None:
                 w = self.new_weight
+                w = 1.0 / (ctx.experience + 1) if w == "1/k" else w
                 weight = torch.cat(
                     [
                         torch.full((batch.n_new,), w / batch.n_new, device=batch.y.device),

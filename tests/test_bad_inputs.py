@@ -76,7 +76,15 @@ CASES = [
     (["run.name="], "run.name='' must be"),
     (["wandb.entity=a:b"], "wandb.entity='a:b' is not a valid W&B name"),
     (["strategy.replay.buffer=fifo"], "strategy.replay.buffer must be one of class_balanced"),
-    (["strategy.replay.new_weight=2"], "strategy.replay.new_weight must be in (0, 1] or null"),
+    (
+        ["strategy.replay.new_weight=2"],
+        "strategy.replay.new_weight must be in (0, 1], '1/k' or null",
+    ),
+    (
+        ["strategy.replay.new_weight=1/2"],
+        "strategy.replay.new_weight must be a number, '1/k' or null",
+    ),
+    (["strategy=gem", "strategy.gem.sample_size=0"], "strategy.gem.sample_size must be"),
     (
         ["strategy=gem", "strategy.gem.memory_strength=true"],
         "strategy.gem.memory_strength=True has type bool; expected float",

@@ -46,6 +46,14 @@ SMALL = {  # memories that fit the tiny stream
 CASES = [(name, name, SMALL.get(name, []), "KILL") for name in STRATEGIES]
 CASES += [
     ("replay+center_loss", "[replay,center_loss]", SMALL["replay"], "KILL"),
+    # projections on replay's memory; their statistics mid-row at the stop (eval.every=3)
+    ("replay+agem", "[replay,agem]", [*SMALL["replay"], "strategy.replay.new_weight=1/k"], "KILL"),
+    (
+        "replay+gem-sigterm",
+        "[replay,gem]",
+        [*SMALL["replay"], "strategy.gem.sample_size=8", "eval.every=3"],
+        "TERM",
+    ),
     ("l2_init+cbp", "[l2_init,cbp]", [], "KILL"),
     ("reservoir", "replay", ["strategy.replay.buffer=reservoir"], "KILL"),
     ("wa-sigterm", "weight_aligning", SMALL["weight_aligning"], "TERM"),
