@@ -198,7 +198,7 @@ def run_stream(
                 at = len(y) - len(y0)
             out = strategy.mb_output[at : at + n].detach()  # the forward before this update
             correct = (out.argmax(1) == y[at : at + n]).sum()
-            monitor.step(strategy.loss.detach(), correct, self.norm, n=n)
+            monitor.step(strategy.loss.detach(), correct, self.norm, {}, n=n)
             ctx.iteration += 1
             ctx.model = _unwrap(strategy.model)
             epoch = clock.train_exp_epochs
