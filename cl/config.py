@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
 from cl.catalog import STRATEGIES
@@ -26,7 +26,7 @@ GROUPS = ("benchmark", "model", "strategy", "optim", "experiment")
 @dataclass
 class BenchmarkConfig:
     name: str = "split_mnist"
-    scenario: str = "split"  # split | permuted | rotated | random_labels
+    scenario: str = "split"  # split | permuted | rotated | random_labels | avalanche
     source: str = "mnist5k"
     n_tasks: int = 5
     incremental: str = "class"  # class | task (split only: task-aware heads)
@@ -37,6 +37,7 @@ class BenchmarkConfig:
     samples_per_task: int | None = None  # N random training samples per task (seeded); null = all
     test_fraction: float = 0.2  # held-out share for sources without a test split
     split_seed: int = 0  # fixed train/test split for those sources, independent of `seed`
+    args: dict[str, Any] = field(default_factory=dict)  # scenario=avalanche: constructor args
 
 
 @dataclass
@@ -246,6 +247,10 @@ def _assign(cfg: DictConfig, key: str, value: Any) -> None:
             f"'{key}' sets an option of a strategy that is not selected; "
             f"selected: {', '.join(cfg.strategy)} (pick it with strategy=...)"
         )
+    if parent_key == "benchmark.args" and isinstance(parent, DictConfig):
+        with open_dict(parent):  # an Avalanche benchmark's arguments: checked in validation
+            parent[leaf] = OmegaConf.create(value) if isinstance(value, list | dict) else value
+        return
     if not isinstance(parent, DictConfig) or leaf not in parent:
         valid = ", ".join(parent.keys()) if isinstance(parent, DictConfig) else "(none)"
         raise UserError(f"unknown key '{key}'; valid keys here: {valid}")
