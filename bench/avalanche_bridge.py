@@ -121,6 +121,16 @@ def run_arm(arm: str, name: str, cfg, stream: Stream, bench, folder: Path) -> di
                 )
                 setup_s = time.perf_counter() - start
                 plugins.append(plugin)
+                finish, finish_s = plugin.finish, []
+
+                def timed_finish(*args, **kw):  # summary.json and plots, once at the end
+                    begin = time.perf_counter()
+                    try:
+                        return finish(*args, **kw)
+                    finally:
+                        finish_s.append(time.perf_counter() - begin)
+
+                plugin.finish = timed_finish
             extra = dict(mem_size=200) if name == "Replay" else {}
             strategy = (Replay if name == "Replay" else Naive)(
                 model=model,
@@ -144,9 +154,30 @@ def run_arm(arm: str, name: str, cfg, stream: Stream, bench, folder: Path) -> di
             wall = time.perf_counter() - start
     out = {"wall_s": wall, "setup_s": setup_s, "final_accs": final_accs(model, bench)}
     if plugin is not None:
+        out["finish_s"] = sum(finish_s)
         out["eval_rows"] = len(plugin.monitor.record.accs)
         out["plugin_final_accs"] = plugin.monitor.record.accs[-1]
     return out
+
+
+def eval_floor(cfg, stream: Stream) -> float:
+    """Seconds of the evaluation forwards alone that (b) runs (the same model shape and
+    tensors, no training): the seen tasks after every iteration, all tasks before training
+    and at every experience end. A floor for any per-iteration evaluation of this workload."""
+    exps = stream.experiences
+    model = make_mlp(cfg.seed, math.prod(stream.input_shape), [400, 400], stream.n_classes)
+    x, y = torch.cat([e.eval_x for e in exps]), torch.cat([e.eval_y for e in exps])
+    ends = torch.tensor([len(e.eval_y) for e in exps]).cumsum(0).tolist()
+    bs = cfg.train.batch_size
+    schedule = [len(exps)]
+    for k, e in enumerate(exps):
+        schedule += [k + 1] * (math.ceil(len(e.y) / bs) - 1) + [len(exps)]
+    model.eval()
+    start = time.perf_counter()
+    with torch.inference_mode():
+        for n in schedule:
+            (model(x[: ends[n - 1]]).argmax(1) == y[: ends[n - 1]]).sum().item()
+    return time.perf_counter() - start
 
 
 def paired(r: dict, a: str, b: str) -> float:
@@ -155,7 +186,12 @@ def paired(r: dict, a: str, b: str) -> float:
 
 
 def report(results: dict) -> str:
-    lines = [f"{'strategy':<9}{'arm':<12}{'median s':>9}{'setup s':>9}  all runs (s)"]
+    floor = statistics.median(results["floor"])
+    lines = [
+        f"{'strategy':<9}{'arm':<12}{'median s':>9}{'setup s':>9}  all runs (s)",
+        f"{'-':<9}{'eval-floor':<12}{floor:>9.3f}{0:>9.3f}  "
+        + " ".join(f"{w:.2f}" for w in results["floor"]),
+    ]
     verdicts = []
     for name in STRATEGIES:
         r = results[name]
@@ -168,6 +204,15 @@ def report(results: dict) -> str:
             )
         b_c = paired(r, "cl-plugin", "train-only")
         a_b, a_c = paired(r, "stock", "cl-plugin"), paired(r, "stock", "train-only")
+        finish = statistics.median(x["finish_s"] for x in r["cl-plugin"])
+        loop_c = statistics.median(
+            (x["wall_s"] - x["finish_s"]) / y["wall_s"]
+            for x, y in zip(r["cl-plugin"], r["train-only"], strict=True)
+        )
+        over = statistics.median(
+            (x["wall_s"] - x["finish_s"]) / (y["wall_s"] + f)
+            for x, y, f in zip(r["cl-plugin"], r["train-only"], results["floor"], strict=True)
+        )
         acc_b = r["cl-plugin"][0]["final_accs"]
         acc_c = r["train-only"][0]["final_accs"]
         diff = max(abs(x - y) for x, y in zip(acc_b, acc_c, strict=True))
@@ -177,7 +222,9 @@ def report(results: dict) -> str:
             f"(goal >= {A_OVER_B:g}: {'met' if a_b >= A_OVER_B else 'MISSED'}); (a)/(c) = "
             f"{a_c:.1f}x; medians of per-round ratios; final acc max |b - c| = {diff:.1e}, "
             f"mean final acc {statistics.fmean(acc_b):.3f}; eval rows of (b): "
-            f"{r['cl-plugin'][0]['eval_rows']}"
+            f"{r['cl-plugin'][0]['eval_rows']}\n  without (b)'s end-of-run outputs (summary, "
+            f"plots: {finish:.2f} s): (b)/(c) = {loop_c:.2f}x; (b) / ((c) + eval-floor) = "
+            f"{over:.2f}x (the plugin's cost beyond the evaluation forwards themselves)"
         )
     return "\n".join([*lines, "", *verdicts])
 
@@ -198,7 +245,8 @@ def main(argv: list[str] | None = None) -> None:
         f"{[len(e.eval_y) for e in stream.experiences]}; torch {torch.__version__}, "
         f"{torch.get_num_threads()} threads"
     )
-    results = {n: {a: [] for a in ARMS} for n in STRATEGIES}
+    results: dict = {n: {a: [] for a in ARMS} for n in STRATEGIES}
+    results["floor"] = []
     order = [(n, a) for n in STRATEGIES for a in ARMS]
     with tempfile.TemporaryDirectory(prefix="cl-bench-") as tmp:
         root = Path(tmp)
@@ -210,6 +258,8 @@ def main(argv: list[str] | None = None) -> None:
                 gc.collect()
                 res = run_arm(a, n, cfg, stream, bench, root / f"{n}-{a}-{rnd}")
                 results[n][a].append(res)
+            gc.collect()
+            results["floor"].append(eval_floor(cfg, stream))
             times = "  ".join(
                 f"{n}/{a} {results[n][a][-1]['wall_s']:.2f}s" for n in STRATEGIES for a in ARMS
             )

@@ -20,26 +20,14 @@ from cl.monitor import Monitor
 from cl.plasticity import gradient_norm
 
 
-def new_samples(strategy) -> int:
-    """How many samples of the current minibatch are the experience's own (replay loaders put
-    them first, memory after): the online accuracy scores only those."""
-    n, bs = len(strategy.mb_y), strategy.train_mb_size
+def epoch_shape(strategy) -> tuple[int, int | None]:
+    """(samples of the experience's own data, iterations per epoch or None if unknown)."""
     data = getattr(strategy, "adapted_dataset", None) or strategy.experience.dataset
-    left = len(data) - strategy.clock.train_epoch_iterations * bs
-    return max(1, min(n, bs, left))
-
-
-def last_iteration(strategy) -> bool:
-    """Whether this is the experience's last training iteration (its row is the boundary row;
-    it runs before Avalanche's Clock, so the clock still counts the iterations before it)."""
     try:
         per_epoch = len(strategy.dataloader)
     except TypeError:  # a loader without a length: every due iteration gets its own row
-        return False
-    c = strategy.clock
-    return c.train_exp_epochs == strategy.train_epochs - 1 and (
-        c.train_epoch_iterations == per_epoch - 1
-    )
+        per_epoch = None
+    return len(data), per_epoch
 
 
 class MonitorPlugin(SupervisedPlugin):
@@ -60,6 +48,7 @@ class MonitorPlugin(SupervisedPlugin):
         self.monitor, self.ctx, self.log = monitor, ctx, log
         self._norm: float | None = None
         self._want_norm = False
+        self._samples, self._per_epoch = 0, None
 
     def before_training(self, strategy, **kwargs) -> None:
         if not self.monitor.record.iteration:  # before any training: b for FWT
@@ -72,6 +61,9 @@ class MonitorPlugin(SupervisedPlugin):
         classes = {int(c) for c in exp.classes_in_this_experience}
         ctx.seen_classes = sorted(set(ctx.seen_classes) | classes)
 
+    def before_training_epoch(self, strategy, **kwargs) -> None:
+        self._samples, self._per_epoch = epoch_shape(strategy)
+
     def before_training_iteration(self, strategy, **kwargs) -> None:
         self._want_norm = self.monitor.probe_due(self.ctx.iteration + 1)
 
@@ -80,14 +72,21 @@ class MonitorPlugin(SupervisedPlugin):
             self._norm = gradient_norm(strategy.model)
 
     def after_training_iteration(self, strategy, **kwargs) -> None:
-        ctx, monitor = self.ctx, self.monitor
-        n = new_samples(strategy)
+        ctx, monitor, clock = self.ctx, self.monitor, strategy.clock
+        # the experience's own samples come first in a minibatch (replay loaders add memory
+        # after them): the online accuracy scores only those. This runs before Avalanche's
+        # Clock, so the clock still counts the iterations before this one.
+        bs, i = strategy.train_mb_size, clock.train_epoch_iterations
+        n = max(1, min(len(strategy.mb_y), bs, self._samples - i * bs))
         correct = (strategy.mb_output[:n].argmax(1) == strategy.mb_y[:n]).sum()
         monitor.step(strategy.loss.detach(), correct, self._norm, n)
         self._norm = None
         ctx.iteration += 1
-        if monitor.due(ctx.iteration) and not last_iteration(strategy):
-            self.log(monitor.row(ctx, strategy.clock.train_exp_epochs, boundary=False))
+        last = self._per_epoch is not None and (  # its row is the experience's boundary row
+            clock.train_exp_epochs == strategy.train_epochs - 1 and i == self._per_epoch - 1
+        )
+        if monitor.due(ctx.iteration) and not last:
+            self.log(monitor.row(ctx, clock.train_exp_epochs, boundary=False))
 
     def after_training_exp(self, strategy, **kwargs) -> None:
         epoch = max(strategy.clock.train_exp_epochs - 1, 0)  # the Clock counted the last epoch
