@@ -140,6 +140,7 @@ def _check_benchmark(cfg: DictConfig) -> None:
         from cl.avalanche.benchmarks import check
 
         check(b.name, as_plain(b.args))
+        b.incremental = "task" if b.args.get("return_task_id") else "class"  # task-aware heads
         return
     if b.args:
         raise UserError("benchmark.args is only for benchmark.scenario=avalanche")

@@ -85,10 +85,6 @@ def test_readme_example_writes_a_full_run_folder(tmp_path, monkeypatch, digits):
             acc = (model(xs).argmax(1) == ys).float().mean()
             assert m[f"eval/acc/task_{i}"].iloc[-1] == pytest.approx(float(acc), abs=1e-6)
 
-    from cl.report import build
-
-    assert build([folder]).is_file()
-
 
 def test_plugin_every_k_on_a_replay_strategy(tmp_path, digits):
     import torch
@@ -180,6 +176,13 @@ def test_cl_run_on_an_avalanche_permuted_benchmark(mnist_root, fast):
 def test_bad_avalanche_benchmark_arguments_are_refused(override, message):
     with pytest.raises(UserError, match=re.escape(message)):
         config.load(["benchmark=avalanche", override])
+
+
+def test_return_task_id_makes_the_stream_task_aware():
+    cfg, _ = config.load(["benchmark=avalanche", "benchmark.args.return_task_id=true"])
+    assert cfg.benchmark.incremental == "task"
+    cfg, _ = config.load(["benchmark=avalanche"])
+    assert cfg.benchmark.incremental == "class" and cfg.benchmark.args == {"n_experiences": 5}
 
 
 def test_benchmark_args_need_the_avalanche_scenario():

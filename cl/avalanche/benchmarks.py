@@ -155,5 +155,5 @@ def build_stream(cfg, root: str, seed: int, eval_subset: int):
         experiences=experiences,
         n_classes=int(bench.n_classes),
         input_shape=tuple(experiences[0].x.shape[1:]),
-        task_incremental=bool(cfg.args.get("return_task_id", False)),
+        task_incremental=cfg.incremental == "task",  # return_task_id=True (validation)
     )
