@@ -97,10 +97,11 @@ class ContinualEvaluation(MonitorPlugin):
     iterations (and at every experience end); `subset`: evaluation samples per experience;
     `unseen`: also score future experiences (FWT needs it). `run_dir`/`name`: where the run
     folder goes (default `<run_dir>/<benchmark>-avalanche.<Strategy>-s<seed>-<time>`).
-    `wandb`: offline | online | disabled. `config`: further cl config sections, e.g.
-    `{"metrics": {"windows": [10, 50]}, "plasticity": {"every": 0}}`. After training,
-    `folder` is the run folder; call `finish()` if the script stops before the last
-    experience.
+    `benchmark_name`: its name in the run (default: the benchmark's class name).
+    `wandb`: offline | online | disabled; `report`: write report.html. `config`: further cl
+    config sections, e.g. `{"metrics": {"windows": [10, 50]}, "plasticity": {"every": 0}}`.
+    After training, `folder` is the run folder; call `finish()` if the script stops before
+    the last experience.
     """
 
     def __init__(
@@ -129,8 +130,9 @@ class ContinualEvaluation(MonitorPlugin):
             "run": {"dir": str(run_dir), "name": name, "report": report, "checkpoint": False},
         }
         self.cfg = make_config(settings, config)
-        p = self.cfg.plasticity
-        self.stream = make_stream(benchmark, subset, p.probe_size if p.every else 0, seed, bname)
+        c, p = self.cfg, self.cfg.plasticity
+        probe = p.probe_size if p.every else 0
+        self.stream = make_stream(benchmark, c.eval.subset, probe, c.seed, bname)
         if not len(self.stream.experiences[0].x):
             self.cfg.plasticity.every = 0  # no training data to probe
         self.folder: Path | None = None
