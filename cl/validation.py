@@ -141,6 +141,7 @@ def _check_benchmark(cfg: DictConfig) -> None:
 
         check(b.name, as_plain(b.args))
         b.incremental = "task" if b.args.get("return_task_id") else "class"  # task-aware heads
+        b.n_tasks = b.args.get("n_experiences", b.n_tasks)  # what config.yaml shows
         return
     if b.args:
         raise UserError("benchmark.args is only for benchmark.scenario=avalanche")
