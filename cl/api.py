@@ -57,9 +57,12 @@ def build_state(cfg: RunConfig, ckpt: dict | None = None):
             "use run.device=cpu or auto"
         )
     b = cfg.benchmark
-    data = load_source(b.source, cfg.data.root, cfg.data.download, b.test_fraction, b.split_seed)
+    data = None  # an Avalanche benchmark (scenario=avalanche) reads its own data
+    if b.scenario != "avalanche":
+        d = cfg.data
+        data = load_source(b.source, d.root, d.download, b.test_fraction, b.split_seed)
     generator = seed_everything(cfg.seed)
-    stream = build_stream(b, data, cfg.seed, cfg.eval.subset).to(device)
+    stream = build_stream(b, data, cfg.seed, cfg.eval.subset, cfg.data.root).to(device)
     model = build_model(cfg.model, stream.input_shape, stream.n_classes).to(device)
     ctx = make_context(cfg, stream, model, device, generator)
     native = [] if AVALANCHE in cfg.strategy else strategy.build(cfg.strategy)
@@ -153,16 +156,9 @@ def _note_resume(folder: Path, iteration: int) -> None:
     write_json(path, env)
 
 
-def _drive(cfg, plain_config, folder: Path, state, run_id: str, rows: int, quiet: bool) -> Run:
-    """Open the sinks, run the stream from the state's cursor, write the outputs."""
-    from cl.console import Progress, summary_table
-
-    if AVALANCHE in cfg.strategy:  # an Avalanche strategy trains through its own loop
-        from cl.avalanche.bridge import run_stream
-    else:
-        from cl.runner import run_stream
-
-    began = time.perf_counter()
+def open_sinks(cfg: RunConfig, plain_config: dict, folder: Path, run_id: str, rows: int = 0):
+    """(local store, W&B sink or None, log) for the run folder; `log(row)` feeds both.
+    `rows`: rows the folder already holds (a resumed run)."""
     store = LocalStore(folder, rows)
     sinks: list = [store]
     wandb = None
@@ -186,6 +182,21 @@ def _drive(cfg, plain_config, folder: Path, state, run_id: str, rows: int, quiet
         for s in sinks:
             s.log(row)
 
+    return store, wandb, log
+
+
+def _drive(cfg, plain_config, folder: Path, state, run_id: str, rows: int, quiet: bool) -> Run:
+    """Open the sinks, run the stream from the state's cursor, write the outputs."""
+    from cl.console import Progress, summary_table
+
+    if AVALANCHE in cfg.strategy:  # an Avalanche strategy trains through its own loop
+        from cl.avalanche.bridge import run_stream
+    else:
+        from cl.runner import run_stream
+
+    began = time.perf_counter()
+    store, wandb, log = open_sinks(cfg, plain_config, folder, run_id, rows)
+    sinks = [store] if wandb is None else [store, wandb]
     digest = checkpoint.config_digest(folder)
     saver = checkpoint.Checkpointer(
         state, folder, lambda: checkpoint.state_dict(state, store.rows, run_id, digest)

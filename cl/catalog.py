@@ -18,6 +18,9 @@ BENCHMARKS = {
     "split_fashion_mnist": Entry("Fashion-MNIST split into tasks of disjoint classes"),
     "split_cifar10": Entry("CIFAR-10 split into tasks of disjoint classes"),
     "split_cifar100": Entry("CIFAR-100 split into tasks of disjoint classes"),
+    "avalanche": Entry(
+        "an Avalanche classic benchmark: benchmark.name=SplitMNIST benchmark.args.<arg>=..."
+    ),
 }
 
 SOURCES = {

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
 from cl.avalanche.strategies import KEY as AVALANCHE
@@ -29,7 +29,7 @@ GROUPS = ("benchmark", "model", "strategy", "optim", "experiment")
 @dataclass
 class BenchmarkConfig:
     name: str = "split_mnist"
-    scenario: str = "split"  # split | permuted | rotated | random_labels
+    scenario: str = "split"  # split | permuted | rotated | random_labels | avalanche
     source: str = "mnist5k"
     n_tasks: int = 5
     incremental: str = "class"  # class | task (split only: task-aware heads)
@@ -41,6 +41,7 @@ class BenchmarkConfig:
     test_fraction: float = 0.2  # held-out share for sources without a test split
     split_seed: int = 0  # fixed train/test split for those sources, independent of `seed`
     tasks: list[int] | None = None  # keep only these experiences of the stream; null = all
+    args: dict[str, Any] = field(default_factory=dict)  # scenario=avalanche: constructor args
 
 
 @dataclass
@@ -281,6 +282,10 @@ def _assign(cfg: DictConfig, key: str, value: Any) -> None:
             f"{key} is set by cl from {OWNED[leaf]}; remove it "
             f"(arguments that can be set: {', '.join(parent.keys()) or '(none)'})"
         )
+    if parent_key == "benchmark.args" and isinstance(parent, DictConfig):
+        with open_dict(parent):  # an Avalanche benchmark's arguments: checked in validation
+            parent[leaf] = OmegaConf.create(value) if isinstance(value, list | dict) else value
+        return
     if not isinstance(parent, DictConfig) or leaf not in parent.keys():  # keys(): also ???
         valid = ", ".join(parent.keys()) if isinstance(parent, DictConfig) else "(none)"
         raise UserError(f"unknown key '{key}'; valid keys here: {valid}")

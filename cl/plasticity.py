@@ -77,6 +77,8 @@ class PlasticityProbe:
 
     Hidden layers are the model's activation modules (their outputs); models without any
     (e.g. the ResNet's functional ReLUs) are measured on their penultimate features only.
+    The features are `model.features(x)` for cl's models (`features` + `head`), else the
+    last activation module's output (e.g. Avalanche's SimpleMLP), else the model's output.
     """
 
     def __init__(self, model: nn.Module, probes: list[torch.Tensor], threshold: float = 0.0):
@@ -99,11 +101,14 @@ class PlasticityProbe:
         try:
             with torch.inference_mode():
                 x = self.probes[experience]
-                features = model.features(x) if hasattr(model, "features") else model(x)
+                cl_model = hasattr(model, "features") and hasattr(model, "head")
+                features = model.features(x) if cl_model else model(x)
         finally:
             for h in handles:
                 h.remove()
             model.train(was_training)
+        if not cl_model and captured:  # other models (e.g. Avalanche's): the last hidden layer
+            features = captured[-1]
         row: dict[str, float] = {}
         names = [n for n, _ in self.activations] or ["features"]
         outputs = captured or [features]

@@ -2,7 +2,8 @@
 
 Scenarios: `split` (disjoint classes per task; class-incremental or task-incremental),
 `permuted` and `rotated` (domain-incremental: same classes, transformed inputs), `random_labels`
-(the same images with new random labels per task). Each experience
+(the same images with new random labels per task), `avalanche` (an Avalanche classic
+benchmark, `cl.avalanche.benchmarks`). Each experience
 carries its training tensors and a fixed evaluation subset drawn once with the run's seed.
 """
 
@@ -74,8 +75,15 @@ def _eval_subset(x: torch.Tensor, y: torch.Tensor, size: int, gen: torch.Generat
     return x[idx], y[idx]
 
 
-def build_stream(cfg: BenchmarkConfig, data: Dataset, seed: int, eval_subset: int) -> Stream:
-    """Build the stream of `cfg` from `data`; all randomness comes from `seed`."""
+def build_stream(
+    cfg: BenchmarkConfig, data: Dataset | None, seed: int, eval_subset: int, root: str = "data"
+) -> Stream:
+    """Build the stream of `cfg` from `data`; all randomness comes from `seed`. An Avalanche
+    benchmark (`scenario=avalanche`) reads its own data under `root` (`data` is unused)."""
+    if cfg.scenario == "avalanche":
+        from cl.avalanche.benchmarks import build_stream as avalanche_stream
+
+        return avalanche_stream(cfg, root, seed, eval_subset)
     gen = torch.Generator().manual_seed(seed)
     if cfg.scenario == "split":
         tasks = _split_tasks(cfg, data, seed)

@@ -18,7 +18,7 @@ from cl.config import RunConfig, as_plain
 from cl.errors import UserError
 
 CHOICES = {
-    "benchmark.scenario": ("split", "permuted", "rotated", "random_labels"),
+    "benchmark.scenario": ("split", "permuted", "rotated", "random_labels", "avalanche"),
     "benchmark.source": tuple(SOURCES),
     "benchmark.incremental": ("class", "task"),
     "model.name": tuple(MODELS),
@@ -73,7 +73,7 @@ def validate(cfg: DictConfig) -> RunConfig:
         if value not in choices:
             raise UserError(f"{key}={value!r} is not valid; valid choices: {', '.join(choices)}")
     b, m = cfg.benchmark, cfg.model
-    if b.name not in BENCHMARKS:
+    if b.scenario != "avalanche" and b.name not in BENCHMARKS:
         raise UserError(f"unknown benchmark '{b.name}'; valid choices: {', '.join(BENCHMARKS)}")
     for key in POSITIVE_INTS:
         _int_in(key, OmegaConf.select(cfg, key), 1, MAX_INT, "a positive integer")
@@ -142,6 +142,15 @@ def _int_in(key: str, value: Any, lo: int, hi: int, text: str) -> None:
 
 def _check_benchmark(cfg: DictConfig) -> None:
     b = cfg.benchmark
+    if b.scenario == "avalanche":  # name and arguments against the constructor's signature
+        from cl.avalanche.benchmarks import check
+
+        check(b.name, as_plain(b.args))
+        b.incremental = "task" if b.args.get("return_task_id") else "class"  # task-aware heads
+        b.n_tasks = b.args.get("n_experiences", b.n_tasks)  # what config.yaml shows
+        return
+    if b.args:
+        raise UserError("benchmark.args is only for benchmark.scenario=avalanche")
     n_classes = SOURCE_CLASSES[b.source]
     if b.incremental == "task" and b.scenario != "split":
         raise UserError(

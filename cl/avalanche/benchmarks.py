@@ -1,0 +1,159 @@
+"""Avalanche classic benchmarks as cl streams, materialised once as tensors.
+
+`benchmark=avalanche benchmark.name=SplitMNIST benchmark.args.n_experiences=5` builds the
+benchmark `avalanche.benchmarks.classic.SplitMNIST(n_experiences=5, seed=<seed>,
+dataset_root=<data.root>)` and turns each of its experiences into a cl `Experience`: the
+training data (through the benchmark's *eval* transforms: augmentation would be frozen by
+materialising), and a fixed, seeded evaluation subset of the matching test experience. Class
+order and permutations/rotations are the benchmark's own, drawn from cl's `seed`.
+"""
+
+from __future__ import annotations
+
+import collections.abc
+import inspect
+import typing
+from typing import Any
+
+import torch
+
+from cl.errors import UserError
+
+# Classic benchmarks whose data are torchvision-style files under `dataset_root`.
+NAMES = (
+    "SplitMNIST",
+    "PermutedMNIST",
+    "RotatedMNIST",
+    "SplitFMNIST",
+    "SplitCIFAR10",
+    "SplitCIFAR100",
+    "SplitOmniglot",
+    "SplitTinyImageNet",
+    "SplitCUB200",
+)
+# Arguments cl fills itself: from its own config, or fixed by materialising.
+OWNED = {
+    "seed": "cl's `seed`",
+    "dataset_root": "`data.root`",
+    "train_transform": "the benchmark's default (cl materialises the data once)",
+    "eval_transform": "the benchmark's default (cl materialises the data once)",
+}
+
+
+def _constructor(name: str):
+    if name not in NAMES:
+        raise UserError(
+            f"benchmark.name={name!r} is not a supported Avalanche benchmark; valid choices: "
+            f"{', '.join(NAMES)}"
+        )
+    from avalanche.benchmarks import classic
+
+    return getattr(classic, name)
+
+
+def _fits(annotation: Any, default: Any, value: Any) -> bool:
+    """Whether `value` can be passed for a parameter with this annotation / default."""
+    kinds = {bool: (bool,), int: (int,), float: (int, float), str: (str,)}
+    if annotation is inspect.Parameter.empty:
+        annotation = type(default) if default not in (None, inspect.Parameter.empty) else Any
+    options = typing.get_args(annotation) if typing.get_origin(annotation) is not None else ()
+    if typing.get_origin(annotation) is typing.Union:  # Optional[...]: None fits
+        if value is None and type(None) in options:
+            return True
+        return any(_fits(a, inspect.Parameter.empty, value) for a in options if a is not type(None))
+    base = typing.get_origin(annotation) or annotation
+    if base in kinds:
+        return isinstance(value, kinds[base]) and (base is bool or not isinstance(value, bool))
+    if base in (list, tuple, collections.abc.Sequence):
+        return isinstance(value, list | tuple)
+    return True  # Any or a type the CLI cannot express: left to the constructor
+
+
+def check(name: str, args: dict[str, Any]) -> dict[str, Any]:
+    """Validate `args` against the benchmark's constructor; UserError naming the valid ones."""
+    params = inspect.signature(_constructor(name)).parameters
+    valid = [p for p in params if p not in OWNED]
+    for key, value in args.items():
+        if key in OWNED:
+            raise UserError(
+                f"benchmark.args.{key} is set by cl ({OWNED[key]}); remove it. "
+                f"{name} takes: {', '.join(valid)}"
+            )
+        if key not in params:
+            raise UserError(
+                f"benchmark.args.{key}: {name} has no argument '{key}'; valid: {', '.join(valid)}"
+            )
+        p = params[key]
+        if not _fits(p.annotation, p.default, value):
+            shown = p.annotation if p.annotation is not inspect.Parameter.empty else "?"
+            raise UserError(f"benchmark.args.{key}={value!r} does not fit {name}'s type {shown}")
+    missing = [p for p in valid if params[p].default is inspect.Parameter.empty and p not in args]
+    if missing:
+        raise UserError(
+            f"benchmark=avalanche {name} needs benchmark.args.{missing[0]} "
+            f"(e.g. benchmark.args.{missing[0]}=5); it takes: {', '.join(valid)}"
+        )
+    return args
+
+
+def materialise(dataset, indices: torch.Tensor | None = None, batch_size: int = 1000):
+    """(x, y) tensors of an Avalanche (or any map-style) dataset, or of its `indices`."""
+    from torch.utils.data import DataLoader, Subset
+
+    if indices is not None:
+        dataset = Subset(dataset, indices.tolist())
+    xs, ys = [], []
+    for batch in DataLoader(dataset, batch_size=batch_size, shuffle=False):
+        xs.append(batch[0])
+        ys.append(torch.as_tensor(batch[1]))
+    if not xs:
+        return torch.empty(0), torch.empty(0, dtype=torch.long)
+    return torch.cat(xs).float(), torch.cat(ys).long()
+
+
+def pick(n: int, size: int | None, gen: torch.Generator) -> torch.Tensor | None:
+    """`size` of range(n) drawn with `gen`, sorted (None: all of them, nothing drawn)."""
+    if size is None or n <= size:
+        return None
+    return torch.randperm(n, generator=gen)[:size].sort().values
+
+
+def eval_view(dataset):
+    """The dataset with its eval transforms (deterministic), when it has such a view."""
+    return dataset.eval() if hasattr(dataset, "eval") else dataset
+
+
+def build(name: str, args: dict[str, Any], seed: int, root: str):
+    """The Avalanche benchmark object (its data read from `root`)."""
+    from pathlib import Path
+
+    try:
+        return _constructor(name)(**args, seed=seed, dataset_root=str(Path(root).expanduser()))
+    except (RuntimeError, OSError) as e:  # torchvision: missing files and no download
+        raise UserError(
+            f"Avalanche {name} could not load its data under data.root={root} ({e}); put the "
+            "torchvision files there (e.g. MNIST/raw/ for the MNIST benchmarks)"
+        ) from None
+
+
+def build_stream(cfg, root: str, seed: int, eval_subset: int):
+    """A cl `Stream` of the Avalanche benchmark `cfg.name(**cfg.args)` (a BenchmarkConfig)."""
+    from cl.streams import Experience, Stream
+
+    bench = build(cfg.name, dict(cfg.args), seed, root)
+    gen = torch.Generator().manual_seed(seed)  # eval subsets, as cl's own streams draw them
+    take = torch.Generator().manual_seed(seed)  # training subsets (benchmark.samples_per_task)
+    experiences = []
+    for i, (train, test) in enumerate(zip(bench.train_stream, bench.test_stream, strict=True)):
+        tr, te = eval_view(train.dataset), eval_view(test.dataset)
+        x, y = materialise(tr, pick(len(tr), cfg.samples_per_task, take))
+        ex, ey = materialise(te, pick(len(te), eval_subset, gen))
+        classes = sorted(int(c) for c in train.classes_in_this_experience)
+        experiences.append(Experience(i, x, y, ex, ey, classes))
+    return Stream(
+        name=cfg.name,
+        experiences=experiences,
+        n_classes=int(bench.n_classes),
+        input_shape=tuple(experiences[0].x.shape[1:]),
+        task_incremental=cfg.incremental == "task",  # return_task_id=True (validation)
+    )
