@@ -79,7 +79,7 @@ class MonitorPlugin(SupervisedPlugin):
         bs, i = strategy.train_mb_size, clock.train_epoch_iterations
         n = max(1, min(len(strategy.mb_y), bs, self._samples - i * bs))
         correct = (strategy.mb_output[:n].argmax(1) == strategy.mb_y[:n]).sum()
-        monitor.step(strategy.loss.detach(), correct, self._norm, n)
+        monitor.step(strategy.loss.detach(), correct, self._norm, {}, n=n)
         self._norm = None
         ctx.iteration += 1
         last = self._per_epoch is not None and (  # its row is the experience's boundary row
