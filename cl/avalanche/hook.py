@@ -1,41 +1,94 @@
 """cl's continual evaluation driven by Avalanche's training callbacks.
 
-`MonitorPlugin` is the per-iteration hook: given a cl `Monitor`, the run `Context` it reads
-and a `log(row)` callback, it does inside any Avalanche strategy what cl's runner does in its
-own loop (cl/runner.py): one row before training (all tasks), the online accuracy and loss of
-every training batch, an evaluation of the seen tasks after every `eval.every` iterations
-(one batched `inference_mode` forward over fixed tensors, no DataLoader, no metric plugins),
-and one boundary row over all tasks at every experience end, after the strategy's own
-end-of-experience changes of plugins listed before this one.
+`MonitorPlugin` is the per-iteration core shared by `cl run strategy=avalanche.<Name>`
+(cl/avalanche/bridge.py) and the script plugin `ContinualEvaluation` (cl/avalanche/plugin.py).
+Given a cl `Monitor`, the run `Context` it reads and a `log(row)` callback, it does inside any
+Avalanche strategy what cl's runner does in its own loop (cl/runner.py): one row before
+training (all tasks); after every training iteration the loss and the online accuracy of the
+experience's new samples (from `mb_output`, the forward before the update; found also when a
+strategy such as DER puts its memory first); the gradient norm when the plasticity probe is
+due (before GEM/AGEM project it if the plugin is first in the list); a row after every
+`eval.every` iterations; and one boundary row over all tasks at every experience end, after
+every plugin's end-of-experience work (BiC's bias layer). Evaluation is cl's evaluator (one
+batched `inference_mode` forward over fixed tensors) on `EvalView`: the strategy's current
+model (GDumb replaces it) followed by the plugins' `after_eval_forward` hooks, i.e. what
+Avalanche's own evaluation would score.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
-from avalanche.core import SupervisedPlugin
+import torch
+from avalanche.core import BaseSGDPlugin, SupervisedPlugin
+from torch import nn
 
 from cl.context import Context
 from cl.monitor import Monitor
 from cl.plasticity import gradient_norm
 
 
-def epoch_shape(strategy) -> tuple[int, int | None]:
-    """(samples of the experience's own data, iterations per epoch or None if unknown)."""
-    data = getattr(strategy, "adapted_dataset", None) or strategy.experience.dataset
-    try:
-        per_epoch = len(strategy.dataloader)
-    except TypeError:  # a loader without a length: every due iteration gets its own row
-        per_epoch = None
-    return len(data), per_epoch
+class EvalView(nn.Module):
+    """The strategy's current model, followed by its plugins' `after_eval_forward` hooks."""
+
+    def __init__(self, strategy, unwrap: Callable[[nn.Module], nn.Module]):
+        super().__init__()
+        self.strategy, self.unwrap = [strategy], unwrap  # a list: not a registered submodule
+        self.hooks = [
+            p
+            for p in strategy.plugins
+            if getattr(type(p), "after_eval_forward", None)
+            not in (None, BaseSGDPlugin.after_eval_forward)
+            and not isinstance(p, type(strategy.evaluator))
+        ]
+
+    def train(self, mode: bool = True):
+        self.training = mode
+        self.unwrap(self.strategy[0].model).train(mode)
+        return self
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        s = self.strategy[0]
+        out = self.unwrap(s.model)(x)
+        if self.hooks:
+            saved = s.mb_output
+            s.mb_output = out
+            for p in self.hooks:
+                p.after_eval_forward(s)
+            out, s.mb_output = s.mb_output, saved
+        return out
+
+
+class ViewEvaluator:
+    """cl's evaluator, scoring the strategy's eval view instead of the model it is given."""
+
+    def __init__(self, evaluator, view: nn.Module):
+        self.evaluator, self.view = evaluator, view
+
+    def __getattr__(self, name):
+        return getattr(self.evaluator, name)
+
+    def __call__(self, model: nn.Module, n: int):
+        return self.evaluator(self.view, n)
+
+
+def new_samples(strategy, y0: torch.Tensor, samples: int) -> slice:
+    """Where the experience's own samples sit in the minibatch: first (replay loaders append
+    memory), or last when a strategy put its memory before the batch `y0` it loaded (DER).
+    Runs before Avalanche's Clock, which still counts the iterations before this one."""
+    y, bs = strategy.mb_y, strategy.train_mb_size
+    n = max(1, min(bs, samples - strategy.clock.train_epoch_iterations * bs, len(y0), len(y)))
+    at = len(y) - len(y0) if len(y) > len(y0) and not torch.equal(y[: len(y0)], y0) else 0
+    return slice(at, at + n)
 
 
 class MonitorPlugin(SupervisedPlugin):
     """Feeds a cl `Monitor` from an Avalanche strategy and sends its rows to `log`.
 
     `ctx.iteration` counts training iterations over all `train()` calls; `ctx.model` follows
-    `strategy.model`. Add it to the strategy's plugins (user plugins run before Avalanche's
-    Clock, which this relies on).
+    `unwrap(strategy.model)` (`unwrap` strips a wrapper such as cl run's task mask). Add it to
+    the strategy's plugins, first for a gradient norm before any projection (user plugins run
+    before Avalanche's Clock, which this relies on).
     """
 
     def __init__(
@@ -43,45 +96,55 @@ class MonitorPlugin(SupervisedPlugin):
         monitor: Monitor | None = None,
         ctx: Context | None = None,
         log: Callable[[dict], None] | None = None,
+        unwrap: Callable[[nn.Module], nn.Module] = lambda model: model,
     ):
         super().__init__()
-        self.monitor, self.ctx, self.log = monitor, ctx, log
+        self.monitor, self.ctx, self.log, self.unwrap = monitor, ctx, log, unwrap
         self._norm: float | None = None
-        self._want_norm = False
+        self._y0: torch.Tensor | None = None
         self._samples, self._per_epoch = 0, None
+        self._pending: int | None = None  # epoch of the experience whose boundary row is due
 
     def before_training(self, strategy, **kwargs) -> None:
+        self.ctx.model = self.unwrap(strategy.model)
+        if not isinstance(self.monitor.evaluator, ViewEvaluator):
+            view = EvalView(strategy, self.unwrap)
+            self.monitor.evaluator = ViewEvaluator(self.monitor.evaluator, view)
         if not self.monitor.record.iteration:  # before any training: b for FWT
-            self.ctx.model = strategy.model
             self.log(self.monitor.row(self.ctx, epoch=0, boundary=True))
 
     def before_training_exp(self, strategy, **kwargs) -> None:
+        self._boundary(strategy)  # the previous experience of the same `train()` call
         ctx, exp = self.ctx, strategy.experience
-        ctx.model, ctx.experience = strategy.model, exp.current_experience
+        ctx.model, ctx.experience = self.unwrap(strategy.model), exp.current_experience
         classes = {int(c) for c in exp.classes_in_this_experience}
         ctx.seen_classes = sorted(set(ctx.seen_classes) | classes)
 
     def before_training_epoch(self, strategy, **kwargs) -> None:
-        self._samples, self._per_epoch = epoch_shape(strategy)
+        data = getattr(strategy, "adapted_dataset", None) or strategy.experience.dataset
+        try:
+            self._per_epoch = len(strategy.dataloader)
+        except TypeError:  # a loader without a length: every due iteration gets its own row
+            self._per_epoch = None
+        self._samples = len(data)
 
     def before_training_iteration(self, strategy, **kwargs) -> None:
-        self._want_norm = self.monitor.probe_due(self.ctx.iteration + 1)
+        self._y0 = strategy.mb_y  # labels as loaded, before a strategy adds its memory
 
     def after_backward(self, strategy, **kwargs) -> None:
-        if self._want_norm:
-            self._norm = gradient_norm(strategy.model)
+        if self.monitor.probe_due(self.ctx.iteration + 1):
+            self._norm = gradient_norm(self.unwrap(strategy.model))
 
     def after_training_iteration(self, strategy, **kwargs) -> None:
         ctx, monitor, clock = self.ctx, self.monitor, strategy.clock
-        # the experience's own samples come first in a minibatch (replay loaders add memory
-        # after them): the online accuracy scores only those. This runs before Avalanche's
-        # Clock, so the clock still counts the iterations before this one.
-        bs, i = strategy.train_mb_size, clock.train_epoch_iterations
-        n = max(1, min(len(strategy.mb_y), bs, self._samples - i * bs))
-        correct = (strategy.mb_output[:n].argmax(1) == strategy.mb_y[:n]).sum()
-        monitor.step(strategy.loss.detach(), correct, self._norm, {}, n=n)
+        new = new_samples(strategy, self._y0, self._samples)
+        out = strategy.mb_output[new].detach()
+        correct = (out.argmax(1) == strategy.mb_y[new]).sum()
+        monitor.step(strategy.loss.detach(), correct, self._norm, {}, n=new.stop - new.start)
         self._norm = None
         ctx.iteration += 1
+        ctx.model = self.unwrap(strategy.model)
+        i = clock.train_epoch_iterations
         last = self._per_epoch is not None and (  # its row is the experience's boundary row
             clock.train_exp_epochs == strategy.train_epochs - 1 and i == self._per_epoch - 1
         )
@@ -89,5 +152,15 @@ class MonitorPlugin(SupervisedPlugin):
             self.log(monitor.row(ctx, clock.train_exp_epochs, boundary=False))
 
     def after_training_exp(self, strategy, **kwargs) -> None:
-        epoch = max(strategy.clock.train_exp_epochs - 1, 0)  # the Clock counted the last epoch
-        self.log(self.monitor.row(self.ctx, epoch, boundary=True))
+        self._pending = max(strategy.clock.train_exp_epochs - 1, 0)  # the Clock counted it
+
+    def after_training(self, strategy, **kwargs) -> None:
+        self._boundary(strategy)
+
+    def _boundary(self, strategy) -> None:
+        """The boundary row of the experience just trained, once every plugin's
+        `after_training_exp` has run."""
+        if self._pending is not None:
+            self.ctx.model = self.unwrap(strategy.model)
+            self.log(self.monitor.row(self.ctx, self._pending, boundary=True))
+            self._pending = None

@@ -4,9 +4,10 @@ Add it to any Avalanche strategy's `plugins`. Built once, it materialises a fixe
 subset of every test experience as tensors (and a plasticity probe from the training data);
 at the first `train()` call it creates a cl run folder (config.yaml, environment.json,
 metrics.jsonl) and a W&B run (offline by default) through cl's own sinks; then it evaluates
-as cl's runner does (`MonitorPlugin`). After the last experience it writes summary.json,
-accuracy_matrix.csv, plots and report.html, and finishes the W&B run. The folder reads back
-with `cl.load_run` and `cl report`.
+as cl's runner does (`MonitorPlugin`, the core that `cl run strategy=avalanche.<Name>` uses
+too). After the last experience it writes summary.json, accuracy_matrix.csv, plots and
+report.html, and finishes the W&B run. The folder reads back with `cl.load_run` and
+`cl report`.
 """
 
 from __future__ import annotations
@@ -101,7 +102,8 @@ class ContinualEvaluation(MonitorPlugin):
     `wandb`: offline | online | disabled; `report`: write report.html. `config`: further cl
     config sections, e.g. `{"metrics": {"windows": [10, 50]}, "plasticity": {"every": 0}}`.
     After training, `folder` is the run folder; call `finish()` if the script stops before
-    the last experience.
+    the last experience. First in `plugins`, the gradient norm is measured before any
+    projection (GEM, AGEM).
     """
 
     def __init__(
@@ -144,8 +146,8 @@ class ContinualEvaluation(MonitorPlugin):
             self._open(strategy)
         super().before_training(strategy, **kwargs)
 
-    def after_training_exp(self, strategy, **kwargs) -> None:
-        super().after_training_exp(strategy, **kwargs)
+    def after_training(self, strategy, **kwargs) -> None:
+        super().after_training(strategy, **kwargs)  # the last experience's boundary row
         if self.ctx.experience == self.stream.n_tasks - 1:
             self.finish()
 
