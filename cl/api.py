@@ -203,6 +203,7 @@ def _drive(cfg, plain_config, folder: Path, state, run_id: str, rows: int, quiet
             stop.finishing = True
             progress.close()
             summary = outputs.summary(state, status, error, time.perf_counter() - began)
+            outputs.write_tables(folder, state)
             if status == "interrupted":
                 summary["checkpoint_iteration"] = saver.saved_at
                 summary["resume"] = f"cl run --resume {folder}"
