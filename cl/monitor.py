@@ -116,8 +116,10 @@ class Monitor:
             row.update(self._example_forgetting(ctx, hits))
         if self.trainability is not None and (boundary or self.trainability_due(ctx.iteration)):
             probe = self.trainability(ctx.model)
-            self.record.trainability.setdefault("initial", probe["plasticity/probe_loss"])
-            self.record.trainability["last"] = probe["plasticity/probe_loss"]
+            for suffix in ("", "_offset"):
+                loss = probe[f"plasticity/probe_loss{suffix}"]
+                self.record.trainability.setdefault(f"initial{suffix}", loss)
+                self.record.trainability[f"last{suffix}"] = loss
             row.update(probe)
         r = self.record
         r.accs.append(accs + [float("nan")] * (n_tasks - len(accs)))
@@ -266,8 +268,11 @@ class Monitor:
             out[key] = r.plasticity.get(f"plasticity/{key}")
         for name, (_, tracker) in self.forgetting.items():
             out.update(tracker.summary(f"example_forgetting/{name}"))
-        if self.trainability is not None:
-            first, last = r.trainability.get("initial"), r.trainability.get("last")
-            out["probe_loss"], out["probe_loss_initial"] = last, first
-            out["plasticity_loss"] = None if last is None else last - first
+        for suffix in ("", "_offset") if self.trainability is not None else ():
+            first, last = (
+                r.trainability.get(f"initial{suffix}"),
+                r.trainability.get(f"last{suffix}"),
+            )
+            out[f"probe_loss{suffix}"], out[f"probe_loss_initial{suffix}"] = last, first
+            out[f"plasticity_loss{suffix}"] = None if last is None else last - first
         return out

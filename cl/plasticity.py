@@ -146,11 +146,13 @@ class TrainabilityProbe:
     """Plasticity as trainability on a fresh task (Lyle, Zheng, Nikishin, Avila Pires, Pascanu,
     Dabney, "Understanding plasticity in neural networks", ICML 2023, arXiv 2303.01486).
 
-    Trains a throwaway copy of the model (train mode, no hooks, a fresh Adam) for `steps`
-    full-batch steps to regress its outputs onto fresh Gaussian targets N(0, 1) of the output
-    size on a fixed batch of `n_inputs` training inputs (drawn once, uniformly over all tasks);
-    reports the mean squared error before and after (b(theta), lower = more plastic). Inputs
-    and targets come from its own generators, so the run itself is untouched.
+    Trains throwaway copies of the model (train mode, no hooks, a fresh Adam each) for `steps`
+    full-batch steps on a fixed batch of `n_inputs` training inputs (drawn once, uniformly over
+    all tasks), regressing the outputs by mean squared error onto fresh random targets:
+    `gaussian`, y ~ N(0, 1) of the output size (b(theta): the final loss, lower = more
+    plastic), and `offset`, y = f(x) + N(0, 1) around the copy's own initial outputs f(x)
+    (scale-free: its initial loss is about 1 whatever the outputs' magnitude). Inputs and
+    targets come from the probe's own generators, so the run itself is untouched.
     """
 
     def __init__(self, stream, seed: int, n_inputs: int, steps: int, lr: float):
@@ -166,7 +168,8 @@ class TrainabilityProbe:
         self.steps, self.lr = steps, lr
         self.targets = torch.Generator().manual_seed(seed + 32452843)
 
-    def __call__(self, model: nn.Module) -> dict[str, float]:
+    def fit(self, model: nn.Module, offset: bool) -> tuple[float, float]:
+        """(initial, final) MSE of a copy of `model` trained on fresh random targets."""
         probe = bare_copy(model).train()
         for p in probe.parameters():
             p.grad = None
@@ -176,18 +179,23 @@ class TrainabilityProbe:
             out = probe(self.x)
             if y is None:
                 y = torch.randn(out.shape, generator=self.targets).to(out.device)
+                y = y + out.detach() if offset else y
             loss = F.mse_loss(out, y)
             initial = float(loss.detach()) if initial is None else initial
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
         with torch.no_grad():
-            final = float(F.mse_loss(probe(self.x), y))
-        return {
-            "plasticity/probe_loss": final,
-            "plasticity/probe_loss_initial": initial,
-            "plasticity/probe_gain": 1.0 - final / initial if initial else math.nan,
-        }
+            return initial, float(F.mse_loss(probe(self.x), y))
+
+    def __call__(self, model: nn.Module) -> dict[str, float]:
+        row = {}
+        for kind, suffix in (("gaussian", ""), ("offset", "_offset")):
+            initial, final = self.fit(model, kind == "offset")
+            row[f"plasticity/probe_loss{suffix}"] = final
+            row[f"plasticity/probe_loss_initial{suffix}"] = initial
+            row[f"plasticity/probe_gain{suffix}"] = 1.0 - final / initial if initial else math.nan
+        return row
 
     def state_dict(self) -> dict:
         return {"targets": self.targets.get_state()}

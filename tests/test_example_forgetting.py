@@ -137,7 +137,8 @@ def test_probe_leaves_training_bit_identical_and_falls_with_training(tmp_path):
     )
     off = cl.run([*base, f"run.dir={tmp_path}", "run.name=off"], quiet=True)
     probe_keys = {c for c in on.metrics.columns if c.startswith("plasticity/probe")}
-    assert probe_keys == {f"plasticity/probe_{k}" for k in ("loss", "loss_initial", "gain")}
+    kinds = ("loss", "loss_initial", "gain")
+    assert probe_keys == {f"plasticity/probe_{k}{s}" for k in kinds for s in ("", "_offset")}
     rows_on = read_rows(on.path / "metrics.jsonl")
     rows_off = {r["iteration"]: r for r in read_rows(off.path / "metrics.jsonl")}
     probed = [r for r in rows_on if "plasticity/probe_loss" in r]
@@ -149,7 +150,8 @@ def test_probe_leaves_training_bit_identical_and_falls_with_training(tmp_path):
             assert {k: v for k, v in r.items() if k not in probe_keys} == rows_off[r["iteration"]]
     assert set(rows_off) <= {r["iteration"] for r in rows_on}
     for r in probed:  # K steps of Adam lower the probe loss
-        assert r["plasticity/probe_loss"] < r["plasticity/probe_loss_initial"]
+        for s in ("", "_offset"):
+            assert r[f"plasticity/probe_loss{s}"] < r[f"plasticity/probe_loss_initial{s}"]
     s = on.summary
     assert s["probe_loss_initial"] == probed[0]["plasticity/probe_loss"]
     assert s["plasticity_loss"] == pytest.approx(s["probe_loss"] - s["probe_loss_initial"])
