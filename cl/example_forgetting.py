@@ -126,7 +126,7 @@ class Tracker:
         self.experience, self.switch, self.last, self.total = state["marks"]
 
 
-def train_probe(stream, n: int, seed: int, device) -> Evaluator:
+def train_probe(stream, n: int, seed: int, device, batch_size: int = 4096) -> Evaluator:
     """An evaluator over `n` training samples per task (fewer if a task has fewer), drawn once
     with their own generator (seeded from the run seed), so the training RNG is untouched."""
     gen = torch.Generator().manual_seed(seed + 104729)
@@ -134,7 +134,7 @@ def train_probe(stream, n: int, seed: int, device) -> Evaluator:
     for e in stream.experiences:
         idx = torch.randperm(len(e.y), generator=gen)[:n].to(e.x.device)
         samples.append((e.x[idx], e.y[idx]))
-    return Evaluator(stream, device, samples=samples)
+    return Evaluator(stream, device, batch_size, samples=samples)
 
 
 def write_table(path, tables: list[dict[str, list]]) -> None:

@@ -64,7 +64,7 @@ class Monitor:
             sets = {"eval": self.evaluator}
             if ef.train_probe:
                 sets["train"] = example_forgetting.train_probe(
-                    ctx.stream, ef.train_probe, cfg.seed, ctx.device
+                    ctx.stream, ef.train_probe, cfg.seed, ctx.device, cfg.eval.batch_size
                 )
             for name, ev in sets.items():
                 tracker = example_forgetting.Tracker(ev.ends, ctx.device, ef.window)
