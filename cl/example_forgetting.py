@@ -32,8 +32,8 @@ COLUMNS = (
 class Tracker:
     """Forgetting events (correct -> incorrect), learning events (incorrect -> correct, the
     first evaluation included), first-learned iteration (-1: never) and last state per sample;
-    events per evaluation are split into those within `window` iterations after a task switch
-    and those elsewhere."""
+    events are tallied, all and on old tasks only (tasks before the current one), at rows
+    within `window` iterations after a task switch and at the other rows."""
 
     def __init__(self, ends: list[int], device: torch.device | str, window: int):
         n = ends[-1]
@@ -42,8 +42,8 @@ class Tracker:
         self.forgets = torch.zeros(n, dtype=torch.int32, device=device)
         self.learns = torch.zeros(n, dtype=torch.int32, device=device)
         self.first = torch.full((n,), -1, dtype=torch.int64, device=device)
-        # [events after a switch, events elsewhere, evaluations after a switch, elsewhere]
-        self.tally = [0, 0, 0, 0]
+        # after a switch, then elsewhere: [events, old-task events, rows, rows with old tasks]
+        self.tally = [0] * 8
         self.experience, self.switch, self.last = 0, 0, 0  # switch: iteration task k began
         self.total = 0
 
@@ -58,13 +58,17 @@ class Tracker:
         self.forgets[:n] += forget
         self.learns[:n] += learn
         prev.copy_(hits)
-        events = int(forget.sum())
+        old = self.ends[experience - 1] if experience else 0
+        if old:
+            events, old_events = torch.stack([forget.sum(), forget[:old].sum()]).tolist()
+        else:
+            events, old_events = int(forget.sum()), 0
         if experience != self.experience:
             self.experience, self.switch = experience, self.last
         self.last = iteration
-        after = experience > 0 and iteration - self.switch <= self.window
-        self.tally[0 if after else 1] += events
-        self.tally[2 if after else 3] += 1
+        b = 0 if experience > 0 and iteration - self.switch <= self.window else 4
+        for i, v in enumerate((events, old_events, 1, old > 0)):
+            self.tally[b + i] += v
         self.total += events
         return events
 
@@ -80,7 +84,7 @@ class Tracker:
         learned = self.first[:n] >= 0
         never = (self.forgets[:n] == 0) & learned
         unforgettable = float(never.sum() / learned.sum()) if learned.any() else None
-        a, b, ea, eb = self.tally
+        a, oa, ra, roa, b, ob, rb, rob = self.tally
         return {
             f"{prefix}/unforgettable": unforgettable,
             f"{prefix}/never_learned": float((~learned).double().mean()) if n else None,
@@ -89,8 +93,13 @@ class Tracker:
             f"{prefix}/events_after_switch": a,
             f"{prefix}/events_inside": b,
             f"{prefix}/switch_share": a / (a + b) if a + b else None,
-            f"{prefix}/rate_after_switch": a / ea if ea else None,
-            f"{prefix}/rate_inside": b / eb if eb else None,
+            f"{prefix}/rate_after_switch": a / ra if ra else None,
+            f"{prefix}/rate_inside": b / rb if rb else None,
+            f"{prefix}/old_events_after_switch": oa,
+            f"{prefix}/old_events_inside": ob,
+            f"{prefix}/old_switch_share": oa / (oa + ob) if oa + ob else None,
+            f"{prefix}/old_rate_after_switch": oa / roa if roa else None,
+            f"{prefix}/old_rate_inside": ob / rob if rob else None,
         }
 
     def table(self, name: str) -> dict[str, list]:

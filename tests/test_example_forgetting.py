@@ -52,6 +52,10 @@ def test_hand_computed_sequence():
     assert (s["ef/events_after_switch"], s["ef/events_inside"]) == (2, 3)  # iterations 4, 5
     assert s["ef/switch_share"] == pytest.approx(0.4)
     assert (s["ef/rate_after_switch"], s["ef/rate_inside"]) == (1.0, 0.75)
+    # old tasks (task 0 while task 1 trains): sample 1 at iteration 5, sample 0 at iteration 8
+    assert (s["ef/old_events_after_switch"], s["ef/old_events_inside"]) == (1, 1)
+    assert (s["ef/old_rate_after_switch"], s["ef/old_rate_inside"]) == (0.5, 1.0)
+    assert s["ef/old_switch_share"] == 0.5
     table = t.table("eval")
     assert table["task"] == [0, 0, 0, 1, 1] and table["index"] == [0, 1, 2, 0, 1]
 
@@ -60,15 +64,17 @@ def reference(seq, ends):
     """Per-sample Python loops, written from the paper's definitions."""
     n = ends[-1]
     state, forgets, learns, first = [None] * n, [0] * n, [0] * n, [-1] * n
+    old = 0
     for it, k, hits in seq:
         for i in range(ends[k]):
             was = bool(state[i])  # never scored counts as incorrect
             forgets[i] += was and not hits[i]
+            old += was and not hits[i] and k > 0 and i < ends[k - 1]
             learns[i] += hits[i] and not was
             if hits[i] and first[i] < 0:
                 first[i] = it
             state[i] = hits[i]
-    return forgets, learns, first
+    return forgets, learns, first, old
 
 
 def test_matches_a_per_sample_reference_and_resumes_from_its_state():
@@ -86,8 +92,10 @@ def test_matches_a_per_sample_reference_and_resumes_from_its_state():
             half.load_state_dict(t.state_dict())
         elif half is not None:
             half.update(torch.tensor(hits), k, it)
-    forgets, learns, first = reference(seq, ends)
+    forgets, learns, first, old = reference(seq, ends)
     assert t.forgets.tolist() == forgets and sum(forgets) > 0
+    s = t.summary("x")
+    assert s["x/old_events_after_switch"] + s["x/old_events_inside"] == old > 0
     assert t.learns.tolist() == learns and t.first.tolist() == first
     assert half.summary("x") == t.summary("x") and half.table("e") == t.table("e")
 
