@@ -1,4 +1,5 @@
-"""What the runner records: evaluation rows, online accuracy, plasticity probes, flips.
+"""What the runner records: evaluation rows, online accuracy, plasticity probes (including the
+trainability probe), flips, example forgetting.
 
 The runner calls `step` after every training iteration and `row` when `due`; the monitor
 turns the model's state into one logged row and keeps what the summary needs.
