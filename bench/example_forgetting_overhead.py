@@ -5,7 +5,8 @@ Times cl's runner loop (`continual_eval.run_cl`: Split-MNIST mnist5k, MLP 784-40
 interleaved over `--repeats` rounds (which arm goes first alternates). Prints each arm's median
 wall and CPU (process) time and the medians of the per-round ratios on/off; on a shared machine
 the CPU-time ratio is the steadier one (the loop runs on one thread: run with
-OMP_NUM_THREADS=1). Also prints the time spent inside `Tracker.update` as a share of the loop.
+OMP_NUM_THREADS=1). Also prints the time spent inside `Monitor._example_forgetting` (the
+trackers' updates and the row's keys) as a share of the loop: the direct cost, free of noise.
 `--train-probe N` also times the optional training-sample probe (N samples per task).
 """
 
@@ -24,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from continual_eval import OVERRIDES, run_cl  # noqa: E402
 
 from cl import config as config_mod  # noqa: E402
-from cl import example_forgetting  # noqa: E402
+from cl import monitor  # noqa: E402
 from cl.data import load_source  # noqa: E402
 from cl.streams import build_stream  # noqa: E402
 
@@ -46,7 +47,7 @@ def main() -> None:
     b = cfgs["off"].benchmark
     data = load_source(b.source, "data", True, b.test_fraction, b.split_seed)
     stream = build_stream(b, data, 0, cfgs["off"].eval.subset)
-    update, spent = example_forgetting.Tracker.update, [0.0]
+    update, spent = monitor.Monitor._example_forgetting, [0.0]
 
     def timed_update(self, *a, **k):  # the tracker's own share of the loop
         start = time.perf_counter()
@@ -55,7 +56,7 @@ def main() -> None:
         finally:
             spent[0] += time.perf_counter() - start
 
-    example_forgetting.Tracker.update = timed_update
+    monitor.Monitor._example_forgetting = timed_update
     wall: dict[str, list[float]] = {a: [] for a in arms}
     cpu: dict[str, list[float]] = {a: [] for a in arms}
     share = []
@@ -84,7 +85,7 @@ def main() -> None:
                     f"{a}/off {name}: median of per-round ratios {statistics.median(ratios):.4f}"
                     f" (rounds: {', '.join(f'{x:.3f}' for x in ratios)}; goal <= {GOAL})"
                 )
-    print(f"Tracker.update share of the 'on' loop: median {statistics.median(share):.4%}")
+    print(f"example forgetting's share of the 'on' loop: median {statistics.median(share):.4%}")
 
 
 if __name__ == "__main__":
