@@ -226,6 +226,7 @@ def _drive(cfg, plain_config, folder: Path, state, run_id: str, rows: int, quiet
             stop.finishing = True
             progress.close()
             summary = outputs.summary(state, status, error, time.perf_counter() - began)
+            outputs.write_tables(folder, state)
             if status == "interrupted":
                 summary["checkpoint_iteration"] = saver.saved_at
                 if saver.saved_at is not None:  # no checkpoint (an Avalanche strategy): no resume

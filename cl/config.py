@@ -77,6 +77,13 @@ class EvalConfig:
 
 
 @dataclass
+class ExampleForgettingConfig:
+    enabled: bool = True  # per-sample forgetting events on the evaluation subsets (Toneva et al.)
+    train_probe: int = 0  # also on N fixed training samples per task (0 = off)
+    window: int = 10  # events within this many iterations after a task switch count as "after"
+
+
+@dataclass
 class MetricsConfig:
     windows: list[int] = field(default_factory=lambda: [10, 100])  # WF^w / WP^w, in evaluations
     lca_beta: int = 10  # LCA: first beta evaluations of each task
@@ -84,6 +91,7 @@ class MetricsConfig:
     recovery_tolerance: float = 0.05  # recovery time: back within this of pre-switch accuracy
     speed_target: float = 0.9  # learning speed: online accuracy to reach ...
     speed_window: int = 10  # ... as a moving average over this many iterations
+    example_forgetting: ExampleForgettingConfig = field(default_factory=ExampleForgettingConfig)
 
 
 @dataclass
@@ -91,6 +99,11 @@ class PlasticityConfig:
     every: int = 50  # probe every N training iterations (0 = off)
     probe_size: int = 500  # fixed probe samples per experience (from its training data)
     dead_threshold: float = 0.0  # a unit is dead when |h| <= this on every probe input
+    trainability_probe: bool = False  # Lyle et al.: train a copy on random targets, at task ends
+    probe_every: int = 0  # ... and every N training iterations (0 = task ends only)
+    probe_steps: int = 100  # K: Adam steps of the throwaway copy per probe
+    probe_inputs: int = 256  # fixed input batch (training inputs of all tasks)
+    probe_lr: float = 0.001  # the copy's Adam step size
 
 
 @dataclass

@@ -21,17 +21,24 @@ class Evaluator:
 
     The subsets of all tasks are concatenated once, in task order, so the seen tasks are a
     prefix: one forward over that prefix (in chunks of `batch_size`, under `inference_mode`,
-    with the model in eval mode), then per-task sums by `index_add_`.
+    with the model in eval mode), then per-task sums by `index_add_`. `samples` (per task,
+    (x, y)) replaces the evaluation subsets, e.g. by a probe of training samples.
     """
 
-    def __init__(self, stream: Stream, device: torch.device | str, batch_size: int = 4096):
-        exps = stream.experiences
-        self.x = torch.cat([e.eval_x for e in exps]).to(device)
-        self.y = torch.cat([e.eval_y for e in exps]).to(device)
+    def __init__(
+        self,
+        stream: Stream,
+        device: torch.device | str,
+        batch_size: int = 4096,
+        samples: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
+    ):
+        samples = samples or [(e.eval_x, e.eval_y) for e in stream.experiences]
+        self.x = torch.cat([x for x, _ in samples]).to(device)
+        self.y = torch.cat([y for _, y in samples]).to(device)
         self.task = torch.cat(
-            [torch.full((len(e.eval_y),), e.index, dtype=torch.long) for e in exps]
+            [torch.full((len(y),), i, dtype=torch.long) for i, (_, y) in enumerate(samples)]
         ).to(device)
-        sizes = torch.tensor([len(e.eval_y) for e in exps])
+        sizes = torch.tensor([len(y) for _, y in samples])
         self.ends = sizes.cumsum(0).tolist()
         self.sizes = sizes.to(device=device, dtype=torch.float64)
         self.mask = stream.class_mask(device) if stream.task_incremental else None

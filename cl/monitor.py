@@ -1,4 +1,5 @@
-"""What the runner records: evaluation rows, online accuracy, plasticity probes, flips.
+"""What the runner records: evaluation rows, online accuracy, plasticity probes (including the
+trainability probe), flips, example forgetting.
 
 The runner calls `step` after every training iteration and `row` when `due`; the monitor
 turns the model's state into one logged row and keeps what the summary needs.
@@ -12,12 +13,12 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from cl import metrics
+from cl import example_forgetting, metrics
 from cl.config import RunConfig
 from cl.context import Context
 from cl.errors import RunFailed
 from cl.evaluation import Evaluator
-from cl.plasticity import PlasticityProbe
+from cl.plasticity import PlasticityProbe, TrainabilityProbe
 
 
 @dataclass
@@ -31,6 +32,7 @@ class Record:
     online: dict[int, list[float]] = field(default_factory=dict)
     nfr: list[float] = field(default_factory=list)
     plasticity: dict[str, float] = field(default_factory=dict)
+    trainability: dict[str, float] = field(default_factory=dict)  # first and last probe rows
 
 
 class Monitor:
@@ -54,12 +56,36 @@ class Monitor:
                 for e in ctx.stream.experiences
             ]
             self.probe = PlasticityProbe(ctx.model, probes, p.dead_threshold)
+        self.trainability = None
+        if p.trainability_probe:
+            self.trainability = TrainabilityProbe(
+                ctx.stream, cfg.seed, p.probe_inputs, p.probe_steps, p.probe_lr
+            )
+        ef = cfg.metrics.example_forgetting
+        self.forgetting: dict[str, tuple] = {}  # set name -> (evaluator, tracker)
+        if ef.enabled:
+            sets = {"eval": self.evaluator}
+            if ef.train_probe:
+                sets["train"] = example_forgetting.train_probe(
+                    ctx.stream, ef.train_probe, cfg.seed, ctx.device, cfg.eval.batch_size
+                )
+            for name, ev in sets.items():
+                tracker = example_forgetting.Tracker(ev.ends, ctx.device, ef.window)
+                self.forgetting[name] = (ev, tracker)
 
     def probe_due(self, iteration: int) -> bool:
         return self.probe is not None and iteration % self.cfg.plasticity.every == 0
 
+    def trainability_due(self, iteration: int) -> bool:
+        every = self.cfg.plasticity.probe_every
+        return self.trainability is not None and every > 0 and iteration % every == 0
+
     def due(self, iteration: int) -> bool:
-        return iteration % self.cfg.eval.every == 0 or self.probe_due(iteration)
+        return (
+            iteration % self.cfg.eval.every == 0
+            or self.probe_due(iteration)
+            or self.trainability_due(iteration)
+        )
 
     def step(
         self,
@@ -100,6 +126,15 @@ class Monitor:
             if self.grad_norm is not None:
                 self.record.plasticity["plasticity/grad_norm"] = self.grad_norm
             row.update(self.record.plasticity)
+        if ctx.iteration > 0:
+            row.update(self._example_forgetting(ctx, hits))
+        if self.trainability is not None and (boundary or self.trainability_due(ctx.iteration)):
+            probe = self.trainability(ctx.model)
+            for suffix in ("", "_offset"):
+                loss = probe[f"plasticity/probe_loss{suffix}"]
+                self.record.trainability.setdefault(f"initial{suffix}", loss)
+                self.record.trainability[f"last{suffix}"] = loss
+            row.update(probe)
         r = self.record
         r.accs.append(accs + [float("nan")] * (n_tasks - len(accs)))
         r.experience.append(k)
@@ -128,6 +163,19 @@ class Monitor:
             values.clear()
         return out
 
+    def _example_forgetting(self, ctx: Context, hits: torch.Tensor) -> dict:
+        """Forgetting events of the seen tasks' samples at this evaluation (Toneva et al.)."""
+        out, k, it = {}, ctx.experience, ctx.iteration
+        for name, (ev, tracker) in self.forgetting.items():
+            h = hits if ev is self.evaluator else ev(ctx.model, k + 1)[2]
+            out[f"example_forgetting/{name}/events"] = tracker.update(h, k, it)
+            out[f"example_forgetting/{name}/cumulative"] = tracker.total
+        return out
+
+    def forgetting_tables(self) -> list[dict[str, list]]:
+        """The per-sample tables of example forgetting (one per tracked set)."""
+        return [t.table(name) for name, (_, t) in self.forgetting.items()]
+
     def _flips(self, k: int, hits: torch.Tensor) -> dict:
         """Negative flip rate on tasks 0..k-1 between the ends of experiences k-1 and k."""
         out = {}
@@ -152,6 +200,9 @@ class Monitor:
             "online": {k: f64(v) for k, v in r.online.items()},
             "nfr": list(r.nfr),
             "plasticity": dict(r.plasticity),
+            "trainability": dict(r.trainability),
+            "trainability_rng": self.trainability.state_dict() if self.trainability else None,
+            "example_forgetting": {n: t.state_dict() for n, (_, t) in self.forgetting.items()},
             "window": {
                 "loss": torch.stack(w["loss"]) if w["loss"] else None,
                 "correct": torch.stack(w["correct"]) if w["correct"] else None,
@@ -174,7 +225,12 @@ class Monitor:
             online={k: v.tolist() for k, v in state["online"].items()},
             nfr=list(state["nfr"]),
             plasticity=dict(state["plasticity"]),
+            trainability=dict(state["trainability"]),
         )
+        if self.trainability is not None:
+            self.trainability.load_state_dict(state["trainability_rng"])
+        for name, (_, tracker) in self.forgetting.items():
+            tracker.load_state_dict(state["example_forgetting"][name])
         self.window = {
             "loss": [] if w["loss"] is None else list(w["loss"].unbind()),
             "correct": [] if w["correct"] is None else list(w["correct"].unbind()),
@@ -229,4 +285,13 @@ class Monitor:
         ):
             out[key] = r.plasticity.get(f"plasticity/{key}")
         out |= {key: total / count for key, (total, count) in self.stats_total.items()}
+        for name, (_, tracker) in self.forgetting.items():
+            out.update(tracker.summary(f"example_forgetting/{name}"))
+        for suffix in ("", "_offset") if self.trainability is not None else ():
+            first, last = (
+                r.trainability.get(f"initial{suffix}"),
+                r.trainability.get(f"last{suffix}"),
+            )
+            out[f"probe_loss{suffix}"], out[f"probe_loss_initial{suffix}"] = last, first
+            out[f"plasticity_loss{suffix}"] = None if last is None else last - first
         return out

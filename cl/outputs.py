@@ -1,4 +1,5 @@
-"""What a run leaves when it ends: summary.json, accuracy_matrix.csv, plots, the W&B summary."""
+"""What a run leaves when it ends: summary.json, accuracy_matrix.csv, example_forgetting.csv,
+plots, the W&B summary."""
 
 from __future__ import annotations
 
@@ -22,6 +23,15 @@ def summary(state, status: str, error: str | None, wall_time_s: float) -> dict:
     out["n_eval_rows"] = len(state.monitor.record.accs)
     out["wall_time_s"] = round(wall_time_s, 3)
     return out
+
+
+def write_tables(folder: Path, state) -> None:
+    """Per-sample tables: example_forgetting.csv (when example forgetting is on)."""
+    tables = state.monitor.forgetting_tables()
+    if tables:
+        from cl.example_forgetting import FILE, write_table
+
+        write_table(folder / FILE, tables)
 
 
 def write(folder: Path, values: dict, wandb, cfg: RunConfig, finished: bool) -> None:

@@ -5,10 +5,12 @@ each one.
 
 from __future__ import annotations
 
+import copy
 import math
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from cl.models import ACTIVATIONS
 
@@ -130,3 +132,78 @@ class PlasticityProbe:
         total = float(sum(p.abs().sum() for p in params))
         row["plasticity/weight_mag"] = total / count if count else math.nan
         return row
+
+
+# --- the trainability probe -------------------------------------------------------------------
+
+
+def bare_copy(model: nn.Module) -> nn.Module:
+    """A deep copy of `model` without its hooks (strategies' hooks must not see the copy)."""
+    memo: dict = {}
+    for m in model.modules():
+        for name, value in vars(m).items():
+            if "hooks" in name and isinstance(value, dict):
+                memo[id(value)] = type(value)()
+    return copy.deepcopy(model, memo)
+
+
+class TrainabilityProbe:
+    """Plasticity as trainability on a fresh task (Lyle, Zheng, Nikishin, Avila Pires, Pascanu,
+    Dabney, "Understanding plasticity in neural networks", ICML 2023, arXiv 2303.01486).
+
+    Trains throwaway copies of the model (train mode, no hooks, a fresh Adam each) for `steps`
+    full-batch steps on a fixed batch of `n_inputs` training inputs (drawn once, uniformly over
+    all tasks), regressing the outputs by mean squared error onto fresh random targets:
+    `gaussian`, y ~ N(0, 1) of the output size (b(theta): the final loss, lower = more
+    plastic), and `offset`, y = f(x) + N(0, 1) around the copy's own initial outputs f(x)
+    (scale-free: its initial loss is about 1 whatever the outputs' magnitude). Inputs and
+    targets come from the probe's own generators, so the run itself is untouched.
+    """
+
+    def __init__(self, stream, seed: int, n_inputs: int, steps: int, lr: float):
+        gen = torch.Generator().manual_seed(seed + 15485863)
+        exps = stream.experiences
+        task = torch.randint(len(exps), (n_inputs,), generator=gen)
+        rows = []
+        for t, e in enumerate(exps):
+            k = int((task == t).sum())
+            if k:
+                rows.append(e.x[torch.randint(len(e.y), (k,), generator=gen).to(e.x.device)])
+        self.x = torch.cat(rows)
+        self.steps, self.lr = steps, lr
+        self.targets = torch.Generator().manual_seed(seed + 32452843)
+
+    def fit(self, model: nn.Module, offset: bool) -> tuple[float, float]:
+        """(initial, final) MSE of a copy of `model` trained on fresh random targets."""
+        probe = bare_copy(model).train()
+        for p in probe.parameters():
+            p.grad = None
+        opt = torch.optim.Adam(probe.parameters(), lr=self.lr)
+        y = initial = None
+        for _ in range(self.steps):
+            out = probe(self.x)
+            if y is None:
+                y = torch.randn(out.shape, generator=self.targets).to(out.device)
+                y = y + out.detach() if offset else y
+            loss = F.mse_loss(out, y)
+            initial = float(loss.detach()) if initial is None else initial
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        with torch.no_grad():
+            return initial, float(F.mse_loss(probe(self.x), y))
+
+    def __call__(self, model: nn.Module) -> dict[str, float]:
+        row = {}
+        for kind, suffix in (("gaussian", ""), ("offset", "_offset")):
+            initial, final = self.fit(model, kind == "offset")
+            row[f"plasticity/probe_loss{suffix}"] = final
+            row[f"plasticity/probe_loss_initial{suffix}"] = initial
+            row[f"plasticity/probe_gain{suffix}"] = 1.0 - final / initial if initial else math.nan
+        return row
+
+    def state_dict(self) -> dict:
+        return {"targets": self.targets.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.targets.set_state(state["targets"])

@@ -152,8 +152,8 @@ def write_json(path: str | Path, data: Any) -> None:
 
 
 class Run:
-    """A run folder read back: `.summary` (summary.json) and `.metrics` (one row per
-    evaluation, a pandas DataFrame read on first use)."""
+    """A run folder read back: `.summary` (summary.json), `.metrics` (one row per
+    evaluation, a pandas DataFrame read on first use) and `.example_forgetting`."""
 
     def __init__(self, path: Path, summary: dict[str, Any]):
         self.path, self.summary = path, summary
@@ -172,6 +172,15 @@ class Run:
         import yaml
 
         return yaml.safe_load((self.path / "config.yaml").read_text())
+
+    @property
+    def example_forgetting(self):
+        """The per-sample example-forgetting table (example_forgetting.csv) as a DataFrame,
+        or None when the run did not write one."""
+        import pandas as pd
+
+        path = self.path / "example_forgetting.csv"
+        return pd.read_csv(path) if path.is_file() else None
 
     def task_columns(self) -> list[str]:
         cols = [c for c in self.metrics.columns if c.startswith("eval/acc/task_")]

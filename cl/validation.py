@@ -41,6 +41,8 @@ POSITIVE_INTS = (
     "metrics.lca_beta",
     "metrics.speed_window",
     "plasticity.probe_size",
+    "plasticity.probe_steps",
+    "plasticity.probe_inputs",
     "model.width",
     "run.checkpoint_every",
 )
@@ -53,6 +55,7 @@ FLOAT_RANGES = {
     "metrics.recovery_tolerance": (0.0, 1.0, True, True, "in [0, 1]"),
     "metrics.speed_target": (0.0, 1.0, False, True, "in (0, 1]"),
     "plasticity.dead_threshold": (0.0, math.inf, True, False, ">= 0"),
+    "plasticity.probe_lr": (0.0, math.inf, False, False, "> 0"),
     "wandb.init_timeout": (0.0, math.inf, False, False, "> 0"),
     "run.checkpoint_minutes": (0.0, math.inf, True, False, ">= 0 (0 = off)"),
 }
@@ -78,6 +81,10 @@ def validate(cfg: DictConfig) -> RunConfig:
     for key in POSITIVE_INTS:
         _int_in(key, OmegaConf.select(cfg, key), 1, MAX_INT, "a positive integer")
     _int_in("plasticity.every", cfg.plasticity.every, 0, MAX_INT, "an integer >= 0 (0 = off)")
+    _int_in("plasticity.probe_every", cfg.plasticity.probe_every, 0, MAX_INT, "an integer >= 0")
+    ef = cfg.metrics.example_forgetting
+    _int_in("metrics.example_forgetting.train_probe", ef.train_probe, 0, MAX_INT, "an integer >= 0")
+    _int_in("metrics.example_forgetting.window", ef.window, 0, MAX_INT, "an integer >= 0")
     if cfg.benchmark.samples_per_task is not None:
         n = cfg.benchmark.samples_per_task
         _int_in("benchmark.samples_per_task", n, 1, MAX_INT, "a positive integer or null")
