@@ -70,23 +70,8 @@ def task_masked(model: nn.Module, mask: torch.Tensor) -> nn.Module:
     return TaskMasked()
 
 
-def _compat() -> None:
-    """Avalanche 0.6.0's BiC passes `verbose=` to MultiStepLR, which torch >= 2.7 removed."""
-    import inspect
-
-    import avalanche.training.plugins.bic as bic
-
-    if "verbose" not in inspect.signature(torch.optim.lr_scheduler.MultiStepLR).parameters:
-
-        def multistep(*args, verbose=None, **kwargs):
-            return torch.optim.lr_scheduler.MultiStepLR(*args, **kwargs)
-
-        bic.MultiStepLR = multistep
-
-
 def build(state: RunState, plugins: list):
     """The Avalanche strategy of `state.cfg` on cl's model and optimizer, `plugins` first."""
-    _compat()
     cfg, ctx = state.cfg, state.ctx
     spec = cfg.strategy[names.KEY]
     resolved = [(n, *names.resolve(n)) for n in spec]

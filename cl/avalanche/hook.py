@@ -82,6 +82,20 @@ def new_samples(strategy, y0: torch.Tensor, samples: int) -> slice:
     return slice(at, at + n)
 
 
+def bic_compat() -> None:
+    """Avalanche 0.6.0's BiC passes `verbose=` to MultiStepLR, which torch >= 2.7 removed."""
+    import inspect
+
+    import avalanche.training.plugins.bic as bic
+
+    if "verbose" not in inspect.signature(torch.optim.lr_scheduler.MultiStepLR).parameters:
+
+        def multistep(*args, verbose=None, **kwargs):
+            return torch.optim.lr_scheduler.MultiStepLR(*args, **kwargs)
+
+        bic.MultiStepLR = multistep
+
+
 class MonitorPlugin(SupervisedPlugin):
     """Feeds a cl `Monitor` from an Avalanche strategy and sends its rows to `log`.
 
@@ -99,6 +113,7 @@ class MonitorPlugin(SupervisedPlugin):
         unwrap: Callable[[nn.Module], nn.Module] = lambda model: model,
     ):
         super().__init__()
+        bic_compat()
         self.monitor, self.ctx, self.log, self.unwrap = monitor, ctx, log, unwrap
         self._norm: float | None = None
         self._y0: torch.Tensor | None = None
