@@ -65,12 +65,12 @@ from torch.nn import functional as F
 
 from cl import config as config_mod
 from cl import strategy as strategy_mod
-from cl.config import RunConfig
 from cl.data import load_source
 from cl.environment import seed_everything
 from cl.models import build_model
 from cl.monitor import Monitor
 from cl.runner import RunState, make_context, run_stream
+from cl.schema import RunConfig
 from cl.store import LocalStore
 from cl.streams import Stream, build_stream
 

@@ -15,9 +15,9 @@ from pathlib import Path
 from cl import checkpoint, config, outputs
 from cl.avalanche.strategies import KEY as AVALANCHE
 from cl.avalanche.strategies import label
-from cl.config import RunConfig
 from cl.errors import RunFailed, UserError
 from cl.interrupt import Interrupted, catch_stops
+from cl.schema import RunConfig
 from cl.store import (
     METRICS_FILE,
     SUMMARY_FILE,

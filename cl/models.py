@@ -12,7 +12,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from cl.config import ModelConfig
+from cl.schema import ModelConfig
 
 ACTIVATIONS = {
     "relu": nn.ReLU,

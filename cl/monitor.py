@@ -14,11 +14,11 @@ import numpy as np
 import torch
 
 from cl import example_forgetting, metrics
-from cl.config import RunConfig
 from cl.context import Context
 from cl.errors import RunFailed
 from cl.evaluation import Evaluator
 from cl.plasticity import PlasticityProbe, TrainabilityProbe
+from cl.schema import RunConfig
 
 
 @dataclass

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from cl.avalanche.strategies import label
-from cl.config import RunConfig
+from cl.schema import RunConfig
 from cl.store import SUMMARY_FILE, load_run, write_json
 
 

@@ -18,10 +18,10 @@ from dataclasses import dataclass, field
 import torch
 from torch.nn import functional as F
 
-from cl.config import RunConfig
 from cl.context import Batch, Context
 from cl.monitor import Monitor, Record
 from cl.plasticity import gradient_norm
+from cl.schema import RunConfig
 from cl.strategy import Strategy
 from cl.streams import Stream
 

@@ -21,7 +21,7 @@ from cl.context import Batch, Context
 from cl.errors import UserError
 
 if TYPE_CHECKING:
-    from cl.config import RunConfig
+    from cl.schema import RunConfig
 
 
 class Strategy:

@@ -14,9 +14,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from cl.config import BenchmarkConfig
 from cl.data import Dataset
 from cl.errors import UserError
+from cl.schema import BenchmarkConfig
 
 
 @dataclass

@@ -14,8 +14,9 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from cl.catalog import BENCHMARKS, MODELS, SOURCE_CLASSES, SOURCES, STRATEGIES
-from cl.config import RunConfig, as_plain
+from cl.config import as_plain
 from cl.errors import UserError
+from cl.schema import RunConfig
 
 CHOICES = {
     "benchmark.scenario": ("split", "permuted", "rotated", "random_labels", "avalanche"),

@@ -17,7 +17,7 @@ import zlib
 from pathlib import Path
 from typing import Any
 
-from cl.config import WandbConfig
+from cl.schema import WandbConfig
 
 
 def _settings(wandb, timeout: float):

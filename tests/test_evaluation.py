@@ -4,10 +4,10 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from cl.config import BenchmarkConfig
 from cl.data import load_source
 from cl.evaluation import Evaluator
 from cl.models import MLP
+from cl.schema import BenchmarkConfig
 from cl.streams import build_stream
 
 

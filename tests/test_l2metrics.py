@@ -134,8 +134,8 @@ def test_bad_inputs_exit_2(run_copy, tmp_path, monkeypatch, capsys):
 
 
 def test_benchmark_tasks_keeps_the_same_experiences():
-    from cl.config import BenchmarkConfig
     from cl.data import load_source
+    from cl.schema import BenchmarkConfig
     from cl.streams import build_stream
 
     data = load_source("mnist5k", "data", False, 0.2, 0)

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from cl.config import BenchmarkConfig
 from cl.data import load_source, mnist5k_arrays, stratified_split, write_mnist_idx
 from cl.errors import UserError
+from cl.schema import BenchmarkConfig
 from cl.streams import build_stream
 
 

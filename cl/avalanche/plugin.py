@@ -23,9 +23,9 @@ from omegaconf.errors import OmegaConfBaseException
 
 from cl.avalanche.benchmarks import eval_view, materialise, pick
 from cl.avalanche.hook import MonitorPlugin
-from cl.config import RunConfig
 from cl.context import Context
 from cl.errors import UserError
+from cl.schema import RunConfig
 from cl.streams import Experience, Stream
 
 

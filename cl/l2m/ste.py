@@ -63,6 +63,7 @@ def train_experts(run_dir: Path, base: Path, names: list[str], quiet: bool = Fal
     from omegaconf import OmegaConf
 
     from cl import api, config
+    from cl.schema import RunConfig
     from cl.validation import validate
 
     tree = yaml.safe_load((run_dir / "config.yaml").read_text())
@@ -70,7 +71,7 @@ def train_experts(run_dir: Path, base: Path, names: list[str], quiet: bool = Fal
     for i, name in enumerate(names):
         folder = parent / name
         t = expert_config(tree, i, parent, name)
-        cfg_tree = OmegaConf.merge(OmegaConf.structured(config.RunConfig), t)
+        cfg_tree = OmegaConf.merge(OmegaConf.structured(RunConfig), t)
         plain = config.as_plain(cfg_tree)
         if _finished_with(folder, plain):
             how = "reused"
