@@ -62,15 +62,17 @@ class Monitor:
                 ctx.stream, cfg.seed, p.probe_inputs, p.probe_steps, p.probe_lr
             )
         ef = cfg.metrics.example_forgetting
-        self.forgetting: dict[str, tuple] = {}  # set name -> (evaluator, tracker)
+        # set name -> (its evaluator, or None for the row's own evaluation, tracker)
+        self.forgetting: dict[str, tuple] = {}
         if ef.enabled:
-            sets = {"eval": self.evaluator}
+            sets = {"eval": None}
             if ef.train_probe:
                 sets["train"] = example_forgetting.train_probe(
                     ctx.stream, ef.train_probe, cfg.seed, ctx.device, cfg.eval.batch_size
                 )
             for name, ev in sets.items():
-                tracker = example_forgetting.Tracker(ev.ends, ctx.device, ef.window)
+                ends = (ev or self.evaluator).ends
+                tracker = example_forgetting.Tracker(ends, ctx.device, ef.window)
                 self.forgetting[name] = (ev, tracker)
 
     def probe_due(self, iteration: int) -> bool:
@@ -167,7 +169,7 @@ class Monitor:
         """Forgetting events of the seen tasks' samples at this evaluation (Toneva et al.)."""
         out, k, it = {}, ctx.experience, ctx.iteration
         for name, (ev, tracker) in self.forgetting.items():
-            h = hits if ev is self.evaluator else ev(ctx.model, k + 1)[2]
+            h = hits if ev is None else ev(ctx.model, k + 1)[2]
             out[f"example_forgetting/{name}/events"] = tracker.update(h, k, it)
             out[f"example_forgetting/{name}/cumulative"] = tracker.total
         return out
