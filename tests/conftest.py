@@ -126,3 +126,22 @@ def outcome(request):
     yield checks
     if checks.failed:
         pytest.fail("\n".join(checks.failed), pytrace=False)
+
+
+@pytest.fixture(scope="module")
+def avalanche_home(tmp_path_factory):
+    """`import avalanche` writes ~/.avalanche/config.json: import it once with a writable HOME."""
+    import sys
+    import warnings
+
+    if "avalanche" in sys.modules:
+        yield
+        return
+    old = os.environ.get("HOME")
+    os.environ["HOME"] = str(tmp_path_factory.mktemp("home"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import avalanche.training  # noqa: F401
+    yield
+    if old is not None:
+        os.environ["HOME"] = old

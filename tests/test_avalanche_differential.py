@@ -40,11 +40,12 @@ when a mechanism breaks on one side: a side that falls back to naive moves its m
 """
 
 import math
-import warnings
 
 import pytest
 
 from cl import api, config, runner
+
+pytestmark = pytest.mark.usefixtures("avalanche_home")  # tests/conftest.py
 
 SETTINGS = [
     "wandb.mode=disabled",
@@ -82,25 +83,6 @@ PAIRS = {
         0.0344,
     ),
 }
-
-
-@pytest.fixture(autouse=True, scope="module")
-def avalanche_home(tmp_path_factory):
-    """`import avalanche` writes ~/.avalanche/config.json: give it a writable HOME."""
-    import os
-    import sys
-
-    if "avalanche" in sys.modules:
-        yield
-        return
-    old = os.environ.get("HOME")
-    os.environ["HOME"] = str(tmp_path_factory.mktemp("home"))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        import avalanche.training  # noqa: F401
-    yield
-    if old is not None:
-        os.environ["HOME"] = old
 
 
 def final_acc(overrides: list[str]) -> float:

@@ -3,7 +3,6 @@ grammar and its errors, the run through Avalanche's loop under cl's monitor, the
 and a smoke run of each of the issue's strategies."""
 
 import json
-import warnings
 
 import pytest
 import torch
@@ -14,6 +13,8 @@ from cl import api, config
 from cl.cli import main
 from cl.errors import UserError
 
+pytestmark = pytest.mark.usefixtures("avalanche_home")  # tests/conftest.py
+
 TINY = [
     "model.hidden=[32]",
     "train.epochs=1",
@@ -21,24 +22,6 @@ TINY = [
     "eval.subset=100",
     "plasticity.every=0",
 ]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def avalanche_home(tmp_path_factory):
-    """`import avalanche` writes ~/.avalanche/config.json: give it a writable HOME."""
-    import os
-
-    if "avalanche" in __import__("sys").modules:
-        yield
-        return
-    old = os.environ.get("HOME")
-    os.environ["HOME"] = str(tmp_path_factory.mktemp("home"))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        import avalanche.training  # noqa: F401
-    yield
-    if old is not None:
-        os.environ["HOME"] = old
 
 
 def test_grammar_puts_arguments_under_strategy_avalanche():

@@ -10,13 +10,11 @@ order and permutations/rotations are the benchmark's own, drawn from cl's `seed`
 
 from __future__ import annotations
 
-import collections.abc
-import inspect
-import typing
 from typing import Any
 
 import torch
 
+from cl.avalanche import signatures
 from cl.errors import UserError
 
 # Classic benchmarks whose data are torchvision-style files under `dataset_root`.
@@ -51,28 +49,12 @@ def _constructor(name: str):
     return getattr(classic, name)
 
 
-def _fits(annotation: Any, default: Any, value: Any) -> bool:
-    """Whether `value` can be passed for a parameter with this annotation / default."""
-    kinds = {bool: (bool,), int: (int,), float: (int, float), str: (str,)}
-    if annotation is inspect.Parameter.empty:
-        annotation = type(default) if default not in (None, inspect.Parameter.empty) else Any
-    options = typing.get_args(annotation) if typing.get_origin(annotation) is not None else ()
-    if typing.get_origin(annotation) is typing.Union:  # Optional[...]: None fits
-        if value is None and type(None) in options:
-            return True
-        return any(_fits(a, inspect.Parameter.empty, value) for a in options if a is not type(None))
-    base = typing.get_origin(annotation) or annotation
-    if base in kinds:
-        return isinstance(value, kinds[base]) and (base is bool or not isinstance(value, bool))
-    if base in (list, tuple, collections.abc.Sequence):
-        return isinstance(value, list | tuple)
-    return True  # Any or a type the CLI cannot express: left to the constructor
-
-
 def check(name: str, args: dict[str, Any]) -> dict[str, Any]:
-    """Validate `args` against the benchmark's constructor; UserError naming the valid ones."""
-    params = inspect.signature(_constructor(name)).parameters
+    """Validate `args` against the benchmark's constructor; returns them converted to its types.
+    UserError naming the valid ones."""
+    params = signatures.parameters(_constructor(name))
     valid = [p for p in params if p not in OWNED]
+    out = {}
     for key, value in args.items():
         if key in OWNED:
             raise UserError(
@@ -83,17 +65,22 @@ def check(name: str, args: dict[str, Any]) -> dict[str, Any]:
             raise UserError(
                 f"benchmark.args.{key}: {name} has no argument '{key}'; valid: {', '.join(valid)}"
             )
-        p = params[key]
-        if not _fits(p.annotation, p.default, value):
-            shown = p.annotation if p.annotation is not inspect.Parameter.empty else "?"
-            raise UserError(f"benchmark.args.{key}={value!r} does not fit {name}'s type {shown}")
-    missing = [p for p in valid if params[p].default is inspect.Parameter.empty and p not in args]
+        arg, out[key] = params[key], value
+        if arg.plain:  # other types (transforms, ...) are left to the constructor
+            try:
+                out[key] = signatures.convert(value, arg.hint)
+            except TypeError:
+                raise UserError(
+                    f"benchmark.args.{key}={value!r} does not fit {name}'s type "
+                    f"{signatures.type_name(arg.hint)}"
+                ) from None
+    missing = [p for p in valid if params[p].required and p not in args]
     if missing:
         raise UserError(
             f"benchmark=avalanche {name} needs benchmark.args.{missing[0]} "
             f"(e.g. benchmark.args.{missing[0]}=5); it takes: {', '.join(valid)}"
         )
-    return args
+    return out
 
 
 def materialise(dataset, indices: torch.Tensor | None = None, batch_size: int = 1000):

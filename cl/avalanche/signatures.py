@@ -9,6 +9,7 @@ import inspect
 import math
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -45,9 +46,10 @@ def _hint_of_default(default: Any) -> Any:
     return Any if default is None or default is inspect.Parameter.empty else object
 
 
-def parameters(cls: type) -> dict[str, Arg]:
-    """{argument: Arg} of the constructor of an Avalanche class, cl's owned ones included."""
-    init = cls.__init__
+def parameters(cls: type | Callable) -> dict[str, Arg]:
+    """{argument: Arg} of the constructor of an Avalanche class (or of a benchmark function),
+    cl's owned ones included."""
+    init = cls.__init__ if isinstance(cls, type) else cls
     try:
         hints = typing.get_type_hints(init)
     except Exception:  # noqa: BLE001 - forward references Avalanche leaves unresolved
