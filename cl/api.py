@@ -165,6 +165,7 @@ def open_sinks(cfg: RunConfig, plain_config: dict, folder: Path, run_id: str, ro
     if cfg.wandb.mode != "disabled":
         from cl.wandb_sink import WandbSink, rows_held
 
+        held = rows_held(folder / "wandb", run_id) if rows else 0  # before this process's W&B
         try:
             wandb = WandbSink(cfg.wandb, folder, folder.name, plain_config, run_id)
         except Exception as e:  # noqa: BLE001
@@ -174,7 +175,6 @@ def open_sinks(cfg: RunConfig, plain_config: dict, folder: Path, run_id: str, ro
                 "; check the wandb.* settings, or set wandb.mode=disabled"
             ) from None
         if rows:
-            held = rows_held(folder / "wandb", run_id)
             wandb.resume_at(rows, held, lambda: read_rows(store.path))
         sinks.append(wandb)
 

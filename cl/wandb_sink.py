@@ -13,6 +13,7 @@ import math
 import os
 import struct
 import sys
+import time
 import zlib
 from pathlib import Path
 from typing import Any
@@ -146,14 +147,26 @@ class WandbSink:
         self._guard(lambda run: run.log(media(), step=self.step))
 
     def close(self, exit_code: int = 0) -> None:
+        """Finish the W&B run and wait (bounded) until W&B's service has written its file, so
+        the run folder is whole when the process ends."""
+        folder = self.dir
         self._guard(lambda run: run.finish(exit_code=exit_code))
         self.run = None
+        for f in folder.glob("*.wandb") if folder else ():
+            if not wait_written(f):
+                print(f"warning: W&B's service still writes {f}", file=sys.stderr)
 
 
 # --- what earlier processes of a run sent to W&B ------------------------------------------
+#
+# W&B's service process writes a run's `.wandb` file on its own schedule: `run.finish()` (or the
+# death of the process that logged) can return while the service still holds the file open with
+# its last blocks unwritten. A file is read only once no process has it open; until then its
+# tail is not the truth.
 
 BLOCK = 32768  # the .wandb file is a LevelDB-style log of 32 KiB blocks of framed records
 HEADER = struct.Struct("<IHB")  # crc32, length, type (1 full, 2 first, 3 middle, 4 last)
+WRITER_WAIT = 120.0  # seconds to wait for W&B's service to close a run's file
 
 
 def _records(data: bytes, pos: int):
@@ -182,7 +195,9 @@ def _records(data: bytes, pos: int):
 
 def _last_row_step(path: Path) -> int:
     """W&B step of the last row (a history record with `experience`) in a .wandb file, or -1.
-    Reads from the end, one more block at a time, so long runs cost no more than short ones."""
+    Reads from the end, one more block at a time, so long runs cost no more than short ones:
+    the last row found from block k on is the file's last row, since any later row starts at or
+    after it; a row whose first fragment lies before block k is found from block k-1."""
     from wandb.proto import wandb_internal_pb2 as pb
 
     data = path.read_bytes()
@@ -202,7 +217,54 @@ def _last_row_step(path: Path) -> int:
     return -1
 
 
+def _holders(path: Path) -> list[int]:
+    """Pids of the processes that have `path` open (Linux's /proc; elsewhere psutil's view)."""
+    target = os.path.realpath(path)
+    proc = Path("/proc")
+    if (proc / "self" / "fd").is_dir():
+        pids = []
+        for fd_dir in proc.glob("[0-9]*/fd"):
+            try:
+                if any(os.readlink(fd) == target for fd in fd_dir.iterdir()):
+                    pids.append(int(fd_dir.parent.name))
+            except OSError:  # gone, or not ours to read
+                continue
+        return pids
+    try:
+        import psutil
+    except ImportError:
+        return []
+    pids = []
+    for p in psutil.process_iter():
+        try:
+            if any(f.path == target for f in p.open_files()):
+                pids.append(p.pid)
+        except psutil.Error:
+            continue
+    return pids
+
+
+def wait_written(path: Path) -> bool:
+    """Wait until no process has W&B's file `path` open; False if one still has it after
+    WRITER_WAIT seconds (its tail may then still grow)."""
+    deadline = time.monotonic() + WRITER_WAIT
+    while _holders(path):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
 def rows_held(wandb_dir: Path, run_id: str) -> int:
-    """How many rows of the run W&B already holds, over every process's run folder."""
-    files = wandb_dir.glob(f"*run-*-{run_id}/run-{run_id}.wandb")
-    return max((_last_row_step(f) + 1 for f in files), default=0)
+    """How many rows of the run W&B already holds, over every process's run folder; each file
+    is read once its writer has closed it."""
+    held = 0
+    for f in wandb_dir.glob(f"*run-*-{run_id}/run-{run_id}.wandb"):
+        if not wait_written(f):
+            print(
+                f"warning: a W&B process still writes {f} after {WRITER_WAIT:.0f} s; counting "
+                "the rows it holds now (W&B may get its last rows twice)",
+                file=sys.stderr,
+            )
+        held = max(held, _last_row_step(f) + 1)
+    return held

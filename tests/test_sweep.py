@@ -257,6 +257,10 @@ def test_the_same_sweep_on_a_local_ray_head(tmp_path, ray_head):
         ),
         (["seed=0,1", "optim.lr=-1"], "trial 000-seed=0 (seed=0): optim.lr=-1.0 must be > 0"),
         (["seed=0,1", "run.dir=/tmp"], "run.dir is set by the sweep"),
+        (["seed=0,1", "run.progress=true"], "run.progress is set by the sweep"),
+        (["seed=0,1", "wandb.group=other"], "wandb.group is set by the sweep"),
+        (["seed=0,1", "run.name=x"], "run.name is set by the sweep"),
+        (["run.progress=true,false"], "run.progress is set by the sweep for each trial; it"),
         (["seed=0,1", "sweep.workers=0"], "sweep.workers=0 must be a positive integer"),
         (["seed=0,1", "sweep.metric=loss"], "sweep.metric='loss'"),
         (["seed=0,1", "sweep.executor=slurm"], "sweep.executor='slurm'"),
@@ -267,6 +271,15 @@ def test_bad_sweep_input_exits_2_before_any_trial(args, message, tmp_path, capsy
     err = capsys.readouterr().err
     assert code == 2 and err.startswith("error: ") and err.count("\n") == 1 and message in err, err
     assert not folder.exists()
+
+
+def test_owned_keys_given_as_the_sweep_sets_them_are_accepted(tmp_path, capsys):
+    """`run.progress=false` and `wandb.group=<the sweep's name>` agree with what the sweep
+    does for every trial anyway: the sweep runs."""
+    args = ["seed=0", *TINY, "wandb.mode=disabled", "run.progress=false", "wandb.group=agree"]
+    code, folder = sweep(args, tmp_path, "agree")
+    assert code == 0, capsys.readouterr().err
+    assert set(cl.load_sweep(folder).trials["status"]) == {"finished"}
 
 
 def test_resume_needs_a_sweep_folder(tmp_path, capsys):

@@ -96,25 +96,47 @@ def job_type(label: str) -> str:
     return f"{label[:55]}-{hashlib.sha1(label.encode()).hexdigest()[:8]}"
 
 
+def owned_values(spec: dict, trial: dict) -> dict[str, str]:
+    """The keys the sweep sets for each trial (OWNED), with this trial's values."""
+    return {
+        "run.dir": f"{spec['path']}/runs",
+        "run.name": trial["name"],
+        "run.progress": "false",
+        "wandb.group": spec["name"],
+        "wandb.job_type": job_type(sweep_folder.config_label(trial["values"])),
+    }
+
+
 def trial_overrides(spec: dict, trial: dict) -> list[str]:
     values = [f"{k}={v}" for k, v in trial["values"].items()]
-    label = sweep_folder.config_label(trial["values"])
     quiet = ["run.report=false"]  # one report for the sweep, not one per trial (5 MB each)
-    owned = [
-        f"run.dir={spec['path']}/runs",
-        f"run.name={trial['name']}",
-        "run.progress=false",
-        f"wandb.group={spec['name']}",
-        f"wandb.job_type={job_type(label)}",
-    ]
+    owned = [f"{k}={v}" for k, v in owned_values(spec, trial).items()]
     return [*quiet, *spec["common"], *values, *owned]
+
+
+def check_owned(spec: dict) -> None:
+    """A key the sweep sets may be given only with the value the sweep gives it anyway (e.g.
+    `run.progress=false`); any other value, or sweeping such a key, is a UserError."""
+    for key in spec["swept"]:
+        if key in OWNED:
+            raise UserError(f"{key} is set by the sweep for each trial; it cannot be swept")
+    for item in spec["common"]:
+        key, text = (part.strip() for part in item.split("=", 1))
+        if key not in OWNED:
+            continue
+        given = config.parse_overrides([f"{key}={text}"])[1][0][1]
+        for trial in spec["trials"]:
+            ours = owned_values(spec, trial)[key]
+            if given != config.parse_overrides([f"{key}={ours}"])[1][0][1]:
+                raise UserError(
+                    f"{key} is set by the sweep for each trial ({key}={ours} for trial "
+                    f"{trial['name']}); leave it out"
+                )
 
 
 def validate_trials(spec: dict) -> None:
     """Compose and validate every trial's config; UserError names the offending trial."""
-    for item in spec["common"] + [f"{k}=" for k in spec["swept"]]:
-        if item.split("=", 1)[0] in OWNED:
-            raise UserError(f"{item.split('=', 1)[0]} is set by the sweep for each trial")
+    check_owned(spec)
     for trial in spec["trials"]:
         try:
             config.load(trial_overrides(spec, trial))
