@@ -306,6 +306,7 @@ def _drive(
                 outputs.write_tables(folder, state)
                 outputs.write(folder, summary, wandb, cfg, finished=status == "finished")
             except OSError as e:  # the outputs cannot be written: the run failed after all
+                e.filename = e.filename or str(folder)
                 fault, status = fault or e, "failed"
                 summary.update(
                     status=status, error=f"stopped by the environment: {os_error(fault)}"
@@ -336,11 +337,12 @@ def _try_write_summary(folder: Path, summary: dict) -> None:
 
 def _fault_message(e: OSError, folder: Path, iteration: int, saved_at: int | None) -> str:
     kept = (
-        f"the checkpoint of iteration {saved_at} is kept"
+        f"its rows and the checkpoint of iteration {saved_at} are kept"
         if saved_at is not None
-        else "no checkpoint yet, so it will start again from the beginning"
+        else "its rows are kept; it has no checkpoint yet, so it will start again from the "
+        "beginning"
     )
     return (
-        f"{os_error(e)}: the run stopped at iteration {iteration} (status failed); its rows "
-        f"and {kept}. Free space or fix the disk, then: cl run --resume {folder}"
+        f"{os_error(e)}: the run stopped at iteration {iteration} (status failed); {kept}. "
+        f"Free space or fix the disk, then: cl run --resume {folder}"
     )

@@ -173,7 +173,7 @@ def test_a_full_disk_at_a_checkpoint_keeps_the_last_one_and_resumes(
     saved = torch.load(folder / "checkpoint.pt", weights_only=True)["context"]["iteration"]
     summary = json.loads((folder / "summary.json").read_text())
     assert summary["status"] == "failed" and "No space left on device" in summary["error"]
-    assert f"the checkpoint of iteration {saved} is kept" in err
+    assert f"its rows and the checkpoint of iteration {saved} are kept" in err
     assert f"cl run --resume {folder}" in err
     assert iterations_once(folder)[-1] == summary["n_iterations"] > saved
 
@@ -196,7 +196,7 @@ def test_a_full_disk_before_the_first_checkpoint_restarts_on_resume(
     one_error_line(err)
     folder = runs / "full"
     assert f"No space left on device (writing {folder}/metrics.jsonl)" in err
-    assert "no checkpoint yet, so it will start again from the beginning" in err
+    assert "no checkpoint yet, so it will start again from the beginning" in err, err
     assert json.loads((folder / "summary.json").read_text())["status"] == "failed"
     assert (folder / "metrics.jsonl").read_bytes()[-1:] != b"\n"  # a torn row
     kept = iterations_once(folder)
@@ -233,7 +233,7 @@ def test_a_real_full_disk(tmp_path, capsys, one_thread):
         assert main(["run", *args(disk, "run")]) == 2
         err = capsys.readouterr().err
         one_error_line(err)
-        assert "No space left on device" in err and "is kept" in err, err
+        assert "No space left on device" in err and "are kept" in err, err
         assert not (folder / "checkpoint.pt.tmp").exists()
         if (folder / "summary.json").exists():
             assert json.loads((folder / "summary.json").read_text())["status"] == "failed"
