@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import signal
 import socket
+import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -21,10 +22,12 @@ from cl.schema import RunConfig
 from cl.store import (
     METRICS_FILE,
     SUMMARY_FILE,
+    FolderLock,
     LocalStore,
     Run,
     create_run_folder,
     load_run,
+    os_error,
     read_rows,
     remove_run_folder,
     truncate_rows,
@@ -88,21 +91,27 @@ def start(cfg: RunConfig, plain_config: dict, quiet: bool = False) -> Run:
 
     default = f"{cfg.benchmark.name}-{label(cfg.strategy)}-s{cfg.seed}"
     folder, made = create_run_folder(cfg.run.dir, cfg.run.name, default)
+    lock = FolderLock(folder)  # before the cleanup below: a loser must not remove the folder
     try:
         state = build_state(cfg)
         (folder / "plots").mkdir(exist_ok=True)
         (folder / "config.yaml").write_text(config.to_yaml(config.OmegaConf.create(plain_config)))
         write_json(folder / "environment.json", environment(cfg.seed, state.ctx.device))
         return _drive(cfg, plain_config, folder, state, new_run_id(), 0, quiet)
-    except BaseException:
+    except BaseException as e:
         metrics = folder / METRICS_FILE
         if not metrics.is_file() or metrics.stat().st_size == 0:  # failed before its first row
             remove_run_folder(folder, made)
+        if isinstance(e, OSError):  # a full disk or an I/O error while setting up the folder
+            raise UserError(f"cannot write the run folder {folder}: {os_error(e)}") from None
         raise
+    finally:
+        lock.release()
 
 
 def resume(folder: str | Path, overrides=(), quiet: bool = False) -> Run:
-    """Continue the run in `folder` from its last checkpoint, in the same folder."""
+    """Continue the run in `folder` from its last checkpoint, in the same folder; a run
+    stopped before its first checkpoint starts again from the beginning (same W&B run)."""
     folder = Path(folder).expanduser()
     if not (folder / "config.yaml").is_file():
         raise UserError(f"{folder} is not a cl run folder (no config.yaml)")
@@ -112,10 +121,27 @@ def resume(folder: str | Path, overrides=(), quiet: bool = False) -> Run:
             "strategy's plugins keep state that cl's checkpoints do not hold); start it again"
         )
     cfg, tree = config.load_saved(folder / "config.yaml", list(overrides))
+    lock = FolderLock(folder)
+    try:
+        return _resume(folder, cfg, config.as_plain(tree), quiet)
+    except OSError as e:  # a full disk or an I/O error before the run went on
+        raise UserError(f"cannot resume {folder}: {os_error(e)}") from None
+    finally:
+        lock.release()
+
+
+def _resume(folder: Path, cfg: RunConfig, plain_config: dict, quiet: bool) -> Run:
     summary_path = folder / SUMMARY_FILE
     if summary_path.is_file() and _status(summary_path) == "finished":
         print(f"run {folder} already finished; nothing to resume")
         return load_run(folder)
+    if not (folder / checkpoint.FILE).is_file():
+        if not cfg.run.checkpoint:
+            raise UserError(
+                f"{folder} has no {checkpoint.FILE}: it ran with run.checkpoint=false, so it "
+                "cannot be resumed; start it again"
+            )
+        return _restart(folder, cfg, plain_config, quiet)
     from cl.environment import resolve_device
 
     ckpt = checkpoint.load(folder, resolve_device(cfg.run.device))
@@ -133,7 +159,33 @@ def resume(folder: str | Path, overrides=(), quiet: bool = False) -> Run:
     _note_resume(folder, state.ctx.iteration)
     if not quiet:
         print(f"resuming {folder} at iteration {state.ctx.iteration} ({rows} rows kept)")
-    return _drive(cfg, config.as_plain(tree), folder, state, ckpt["wandb_id"], rows, quiet)
+    return _drive(cfg, plain_config, folder, state, ckpt["wandb_id"], rows, quiet, True)
+
+
+def _restart(folder: Path, cfg: RunConfig, plain_config: dict, quiet: bool) -> Run:
+    """A run stopped before its first checkpoint: run it again from the beginning in its
+    folder, under its W&B run id (W&B skips the rows it already holds)."""
+    from cl.wandb_sink import new_run_id
+
+    state = build_state(cfg)
+    metrics = folder / METRICS_FILE
+    dropped = len(read_rows(metrics)) if metrics.is_file() else 0
+    metrics.write_bytes(b"")
+    (folder / SUMMARY_FILE).unlink(missing_ok=True)
+    _note_resume(folder, 0)
+    print(
+        f"{folder} stopped before its first checkpoint: running it again from the beginning "
+        f"({dropped} rows dropped)",
+        file=sys.stderr,
+    )
+    run_id = _wandb_run_id(folder) or new_run_id()
+    return _drive(cfg, plain_config, folder, state, run_id, 0, quiet, True)
+
+
+def _wandb_run_id(folder: Path) -> str | None:
+    """The W&B run id of the folder's latest W&B run folder (`*run-<time>-<id>`), if any."""
+    runs = sorted((folder / "wandb").glob("*run-*-*"), key=lambda p: p.name.split("-")[-2])
+    return runs[-1].name.rsplit("-", 1)[1] if runs else None
 
 
 def _status(path: Path) -> str | None:
@@ -156,16 +208,24 @@ def _note_resume(folder: Path, iteration: int) -> None:
     write_json(path, env)
 
 
-def open_sinks(cfg: RunConfig, plain_config: dict, folder: Path, run_id: str, rows: int = 0):
+def open_sinks(
+    cfg: RunConfig,
+    plain_config: dict,
+    folder: Path,
+    run_id: str,
+    rows: int = 0,
+    resumed: bool = False,
+):
     """(local store, W&B sink or None, log) for the run folder; `log(row)` feeds both.
-    `rows`: rows the folder already holds (a resumed run)."""
+    `rows`: rows the folder already holds; `resumed`: an earlier process of the run may have
+    sent rows to W&B (also when it is run again from the beginning, with `rows` 0)."""
     store = LocalStore(folder, rows)
     sinks: list = [store]
     wandb = None
     if cfg.wandb.mode != "disabled":
         from cl.wandb_sink import WandbSink, rows_held
 
-        held = rows_held(folder / "wandb", run_id) if rows else 0  # before this process's W&B
+        held = rows_held(folder / "wandb", run_id) if resumed else 0  # before this process's W&B
         try:
             wandb = WandbSink(cfg.wandb, folder, folder.name, plain_config, run_id)
         except Exception as e:  # noqa: BLE001
@@ -174,7 +234,7 @@ def open_sinks(cfg: RunConfig, plain_config: dict, folder: Path, run_id: str, ro
                 f"W&B could not start ({str(e).splitlines()[0] if str(e) else type(e).__name__})"
                 "; check the wandb.* settings, or set wandb.mode=disabled"
             ) from None
-        if rows:
+        if resumed:
             wandb.resume_at(rows, held, lambda: read_rows(store.path))
         sinks.append(wandb)
 
@@ -185,7 +245,16 @@ def open_sinks(cfg: RunConfig, plain_config: dict, folder: Path, run_id: str, ro
     return store, wandb, log
 
 
-def _drive(cfg, plain_config, folder: Path, state, run_id: str, rows: int, quiet: bool) -> Run:
+def _drive(
+    cfg,
+    plain_config,
+    folder: Path,
+    state,
+    run_id: str,
+    rows: int,
+    quiet: bool,
+    resumed: bool = False,
+) -> Run:
     """Open the sinks, run the stream from the state's cursor, write the outputs."""
     from cl.console import Progress, summary_table
 
@@ -195,7 +264,7 @@ def _drive(cfg, plain_config, folder: Path, state, run_id: str, rows: int, quiet
         from cl.runner import run_stream
 
     began = time.perf_counter()
-    store, wandb, log = open_sinks(cfg, plain_config, folder, run_id, rows)
+    store, wandb, log = open_sinks(cfg, plain_config, folder, run_id, rows, resumed)
     sinks = [store] if wandb is None else [store, wandb]
     digest = checkpoint.config_digest(folder)
     saver = checkpoint.Checkpointer(
@@ -205,6 +274,7 @@ def _drive(cfg, plain_config, folder: Path, state, run_id: str, rows: int, quiet
         saver.saved_at = state.ctx.iteration
     progress = Progress(cfg.run.progress and not quiet)
     status, error, signum = "failed", None, None
+    fault: OSError | None = None  # the full disk or I/O error that stopped the run
     with catch_stops() as stop:
 
         def safe_point(boundary: bool) -> None:
@@ -217,6 +287,8 @@ def _drive(cfg, plain_config, folder: Path, state, run_id: str, rows: int, quiet
             status = "finished"
         except RunFailed as e:
             error = str(e)
+        except OSError as e:  # the disk filled up, the file system went read-only ...
+            fault, error = e, f"stopped by the environment: {os_error(e)}"
         except (Interrupted, KeyboardInterrupt) as e:
             status, signum = "interrupted", getattr(e, "signum", signal.SIGINT)
         except BaseException as e:
@@ -226,15 +298,25 @@ def _drive(cfg, plain_config, folder: Path, state, run_id: str, rows: int, quiet
             stop.finishing = True
             progress.close()
             summary = outputs.summary(state, status, error, time.perf_counter() - began)
-            outputs.write_tables(folder, state)
             if status == "interrupted":
                 summary["checkpoint_iteration"] = saver.saved_at
                 if saver.saved_at is not None:  # no checkpoint (an Avalanche strategy): no resume
                     summary["resume"] = f"cl run --resume {folder}"
-            outputs.write(folder, summary, wandb, cfg, finished=status == "finished")
+            try:
+                outputs.write_tables(folder, state)
+                outputs.write(folder, summary, wandb, cfg, finished=status == "finished")
+            except OSError as e:  # the outputs cannot be written: the run failed after all
+                e.filename = e.filename or str(folder)
+                fault, status = fault or e, "failed"
+                summary.update(
+                    status=status, error=f"stopped by the environment: {os_error(fault)}"
+                )
+                _try_write_summary(folder, summary)
             code = {"finished": 0, "failed": 1}.get(status, 128 + int(signum or 0))
             for s in sinks:
                 s.close(code) if s is wandb else s.close()
+    if fault is not None:
+        raise UserError(_fault_message(fault, folder, state.ctx.iteration, saver.saved_at))
     if not quiet:
         print(summary_table(summary, f"run {folder}"))
         if (folder / "report.html").is_file():
@@ -244,3 +326,23 @@ def _drive(cfg, plain_config, folder: Path, state, run_id: str, rows: int, quiet
     if error:
         raise RunFailed(error)
     return load_run(folder)
+
+
+def _try_write_summary(folder: Path, summary: dict) -> None:
+    try:
+        write_json(folder / SUMMARY_FILE, summary)
+    except OSError:  # still no space: summary.json keeps what it held (or is absent)
+        pass
+
+
+def _fault_message(e: OSError, folder: Path, iteration: int, saved_at: int | None) -> str:
+    kept = (
+        f"its rows and the checkpoint of iteration {saved_at} are kept"
+        if saved_at is not None
+        else "its rows are kept; it has no checkpoint yet, so it will start again from the "
+        "beginning"
+    )
+    return (
+        f"{os_error(e)}: the run stopped at iteration {iteration} (status failed); {kept}. "
+        f"Free space or fix the disk, then: cl run --resume {folder}"
+    )

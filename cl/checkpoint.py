@@ -11,6 +11,7 @@ tensors and plain data only, written atomically (temp file, fsync, rename) and r
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import random
 import time
@@ -104,14 +105,25 @@ def restore(state: RunState, ckpt: dict[str, Any]) -> None:
 
 
 def save(folder: Path, data: dict[str, Any]) -> None:
-    """Write `data` as the folder's checkpoint, atomically: a reader sees the old or the new."""
+    """Write `data` as the folder's checkpoint, atomically: a reader sees the old or the new.
+    A failed write (a full disk) raises OSError, removes the temp file and keeps the previous
+    checkpoint. The bytes are made in memory first: torch.save turns a failed write into an
+    opaque RuntimeError."""
     path = folder / FILE
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        torch.save(data, f)
-        f.flush()
-        os.fsync(f.fileno())
-    tmp.replace(path)
+    buffer = io.BytesIO()
+    torch.save(data, buffer)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(buffer.getbuffer())
+            f.flush()
+            os.fsync(f.fileno())
+        tmp.replace(path)
+    except BaseException as e:
+        tmp.unlink(missing_ok=True)
+        if isinstance(e, OSError) and not e.filename:
+            e.filename = str(tmp)
+        raise
 
 
 def load(folder: Path, device: torch.device | str = "cpu") -> dict[str, Any]:

@@ -61,6 +61,9 @@ def write(folder: Path, values: dict, wandb, cfg: RunConfig, finished: bool) -> 
 
         try:
             report = build([folder])
+        except OSError:  # a full disk: the run's outputs are incomplete, the caller says so
+            (folder / "report.html.tmp").unlink(missing_ok=True)
+            raise
         except Exception as e:  # noqa: BLE001 - the run's own outputs are written already
             why = f"{type(e).__name__}: {e}"
             print(f"warning: the report could not be built ({why})", file=sys.stderr)

@@ -19,6 +19,7 @@ import torch
 from torch.nn import functional as F
 
 from cl.context import Batch, Context
+from cl.errors import RunFailed
 from cl.monitor import Monitor, Record
 from cl.plasticity import gradient_norm
 from cl.schema import RunConfig
@@ -82,7 +83,15 @@ def train_step(ctx: Context, strategies: list[Strategy], batch: Batch, grad_norm
     norm = gradient_norm(ctx.model) if grad_norm else None
     for s in strategies:
         s.after_backward(ctx)
-    ctx.optimizer.step()
+    try:
+        ctx.optimizer.step()
+    except RuntimeError as e:  # e.g. optim.lr=1e308: a step size float32 cannot hold
+        if "overflow" not in str(e):
+            raise
+        raise RunFailed(
+            f"the optimizer step overflowed in iteration {ctx.iteration + 1} ({e}); lower "
+            "optim.lr. Rows logged so far are kept."
+        ) from None
     for s in strategies:
         s.after_step(ctx)
     n = batch.n_new  # prequential accuracy: new samples, scored before this update

@@ -1,11 +1,16 @@
-"""The run folder on disk: claim it, append metrics rows crash-safely, read it back.
+"""The run folder on disk: claim it, lock it, append metrics rows crash-safely, read it back.
 
 Rows are JSON lines in `metrics.jsonl`, written and flushed one at a time, so a run killed
 with SIGKILL keeps every row written before the kill (a torn last line is ignored on read).
+One process writes a run folder at a time: it holds an OS lock (`flock`) on `<run>/.lock`,
+which names its pid; the kernel drops the lock when the process dies, however it dies.
+Readers never take it.
 """
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import json
 import math
 import os
@@ -19,6 +24,53 @@ from cl.errors import UserError
 
 METRICS_FILE = "metrics.jsonl"
 SUMMARY_FILE = "summary.json"
+LOCK_FILE = ".lock"
+
+
+def os_error(e: OSError, what: str = "writing") -> str:
+    """`No space left on device (writing runs/x/checkpoint.pt.tmp)`: an OSError in one line."""
+    where = f" ({what} {e.filename})" if e.filename else ""
+    return f"{e.strerror or e}{where}"
+
+
+class FolderLock:
+    """The run folder's writer lock, held until `release()` (or the process's death).
+
+    `FolderLock(folder)` takes it without waiting; UserError `<folder> is in use by pid N`
+    when another process holds it, or when the folder cannot be written (read-only ...).
+    """
+
+    def __init__(self, folder: str | Path):
+        self.path = Path(folder) / LOCK_FILE
+        try:
+            self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        except OSError as e:
+            raise UserError(
+                f"cannot write to the run folder {folder}: {e.strerror or e}; a run folder "
+                "must be writable to run or resume in it"
+            ) from None
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            holder = os.pread(self.fd, 32, 0).decode(errors="replace").strip() or "?"
+            os.close(self.fd)
+            if e.errno not in (errno.EWOULDBLOCK, errno.EACCES, errno.EAGAIN):
+                raise UserError(f"cannot lock the run folder {folder}: {os_error(e)}") from None
+            raise UserError(
+                f"{folder} is in use by pid {holder} (another `cl run` writes it); wait for it "
+                "to end or stop it first"
+            ) from None
+        try:
+            os.ftruncate(self.fd, 0)
+            os.pwrite(self.fd, f"{os.getpid()}\n".encode(), 0)
+        except OSError:  # a full disk: the lock holds anyway, only the pid note is missing
+            pass
+
+    def release(self) -> None:
+        """Drop the lock (the file stays: unlinking a lock file races with its next taker)."""
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
 
 
 def create_run_folder(
@@ -100,13 +152,20 @@ class LocalStore:
             line = json.dumps(row, allow_nan=False)
         except ValueError:  # NaN or inf: stored as null
             line = json.dumps({k: _clean(v) for k, v in row.items()})
-        self._file.write(line + "\n")
-        self._file.flush()
+        try:
+            self._file.write(line + "\n")
+            self._file.flush()
+        except OSError as e:  # a full disk: the caller stops the run, naming the file
+            e.filename = e.filename or str(self.path)
+            raise
         self.rows += 1
 
     def close(self, ok: bool = True) -> None:
         if not self._file.closed:
-            self._file.close()
+            try:
+                self._file.close()
+            except OSError:  # a full disk: the rows that made it stay, a torn tail is cut later
+                pass
 
 
 def read_rows(path: str | Path) -> list[dict[str, Any]]:
@@ -130,14 +189,23 @@ def read_rows(path: str | Path) -> list[dict[str, Any]]:
 
 
 def truncate_rows(path: str | Path, n: int) -> None:
-    """Cut a metrics file back to its first `n` lines; UserError if it holds fewer."""
+    """Cut a metrics file back to its first `n` lines; UserError (and the file left alone)
+    if it holds fewer or one of them is not a JSON row."""
     with open(path, "rb") as f:
         data = f.read()
     end = 0
-    for _ in range(n):
+    for number in range(1, n + 1):
         nl = data.find(b"\n", end)
         if nl < 0:
             raise UserError(f"{path} holds fewer than the {n} rows its checkpoint expects")
+        try:
+            if not isinstance(json.loads(data[end:nl]), dict):
+                raise ValueError("not a JSON object")
+        except ValueError:
+            raise UserError(
+                f"{path} line {number} is unreadable (not a JSON row): the run folder is "
+                "damaged and cannot be resumed exactly; restore that line or start the run again"
+            ) from None
         end = nl + 1
     if end < len(data):
         os.truncate(path, end)
@@ -147,8 +215,12 @@ def write_json(path: str | Path, data: Any) -> None:
     """Write JSON atomically (temp file + rename)."""
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
-    tmp.replace(path)
+    try:
+        tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
+        tmp.replace(path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 class Run:

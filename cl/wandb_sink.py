@@ -80,6 +80,10 @@ class WandbSink:
                 file=sys.stderr,
             )
             self.mode = "offline"
+            try:
+                wandb.teardown()
+            except Exception:  # noqa: BLE001, S110
+                pass
             self.run = wandb.init(mode="offline", settings=_settings(wandb, 10), **kwargs)
         self.run.define_metric("iteration")
         self.run.define_metric("*", step_metric="iteration")

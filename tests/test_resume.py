@@ -258,7 +258,9 @@ def interrupted_copy(killed, tmp_path) -> Path:
 
 
 def snapshot(folder: Path) -> dict:
-    return {p.relative_to(folder): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+    """Every file's bytes but the writer lock's (which names the last process that held it)."""
+    files = (p for p in folder.rglob("*") if p.is_file() and p.name != ".lock")
+    return {p.relative_to(folder): p.read_bytes() for p in files}
 
 
 @pytest.mark.parametrize(
@@ -267,7 +269,7 @@ def snapshot(folder: Path) -> dict:
         ("none", ["seed=2"], "'seed' cannot change on resume"),
         ("none", ["strategy=naive"], "'strategy' cannot change on resume"),
         ("none", ["optim.lr=0.5"], "'optim.lr' cannot change on resume"),
-        ("delete", [], "has no checkpoint.pt"),
+        ("garbage-row", [], "metrics.jsonl line 5 is unreadable (not a JSON row)"),
         ("truncate", [], "is corrupt or truncated"),
         ("garbage", [], "is corrupt or truncated"),
         ("old-format", [], "has checkpoint format 0"),
@@ -281,8 +283,10 @@ def test_bad_resumes_exit_2_and_leave_the_folder_alone(
 ):
     folder = interrupted_copy(killed, tmp_path)
     ckpt = folder / "checkpoint.pt"
-    if damage == "delete":
-        ckpt.unlink()
+    if damage == "garbage-row":  # a damaged row among those the checkpoint keeps
+        lines = (folder / "metrics.jsonl").read_bytes().split(b"\n")
+        lines[4] = b'{"iteration": 4, "eval/acc'
+        (folder / "metrics.jsonl").write_bytes(b"\n".join(lines))
     elif damage == "truncate":
         ckpt.write_bytes(ckpt.read_bytes()[: ckpt.stat().st_size // 2])
     elif damage == "garbage":
@@ -302,6 +306,39 @@ def test_bad_resumes_exit_2_and_leave_the_folder_alone(
     err = capsys.readouterr().err
     assert err.startswith("error: ") and err.count("\n") == 1 and message in err, err
     assert snapshot(folder) == before
+
+
+def test_a_run_killed_before_its_first_checkpoint_runs_again_from_the_start(tmp_path, one_thread):
+    """No checkpoint yet: `--resume` truncates the rows and runs the stream again in the same
+    folder, under the same W&B run id; W&B still holds each row once."""
+    case = ("early", "replay", [*SMALL["replay"], "wandb.mode=offline"], "KILL")
+    job = {
+        "signal": "KILL",
+        "at": 4,  # before the first checkpoint (iteration 7)
+        "args": ["-q", *overrides(case, tmp_path, "early")],
+        "stderr": str(tmp_path / "early.err"),
+    }
+    (tmp_path / "job.json").write_text(json.dumps([job]))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    r = subprocess.run(
+        [sys.executable, str(HELPER), str(tmp_path / "job.json")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert json.loads(r.stdout) == [-9], r.stderr
+    folder = tmp_path / "early"
+    assert not (folder / "checkpoint.pt").exists() and len(read_rows(folder / "metrics.jsonl")) == 4
+    resumed = api.resume(folder, quiet=True)
+    reference = uninterrupted(case, tmp_path)
+    assert (folder / "metrics.jsonl").read_bytes() == (
+        reference.path / "metrics.jsonl"
+    ).read_bytes()
+    assert strip_time(resumed.summary) == strip_time(reference.summary)
+    env = json.loads((folder / "environment.json").read_text())
+    assert [r["iteration"] for r in env["resumes"]] == [0]
+    check_wandb_holds_each_row_once(folder)
 
 
 def test_harmless_overrides_are_allowed_on_resume(killed, tmp_path, one_thread):
