@@ -82,7 +82,15 @@ def build_state(cfg: RunConfig, ckpt: dict | None = None):
 
 
 def start(cfg: RunConfig, plain_config: dict, quiet: bool = False) -> Run:
-    """Start `cfg` in a new run folder; returns the folder read back."""
+    """Start `cfg` in a new run folder; returns the folder read back. torch's determinism
+    flags are set for the run (`run.deterministic`) and restored when it ends."""
+    from cl.environment import determinism
+
+    with determinism(cfg.run.deterministic):
+        return _start(cfg, plain_config, quiet)
+
+
+def _start(cfg: RunConfig, plain_config: dict, quiet: bool) -> Run:
     from cl.environment import environment
     from cl.wandb_sink import new_run_id
 
@@ -92,7 +100,10 @@ def start(cfg: RunConfig, plain_config: dict, quiet: bool = False) -> Run:
         state = build_state(cfg)
         (folder / "plots").mkdir(exist_ok=True)
         (folder / "config.yaml").write_text(config.to_yaml(config.OmegaConf.create(plain_config)))
-        write_json(folder / "environment.json", environment(cfg.seed, state.ctx.device))
+        write_json(
+            folder / "environment.json",
+            environment(cfg.seed, state.ctx.device, cfg.run.deterministic),
+        )
         return _drive(cfg, plain_config, folder, state, new_run_id(), 0, quiet)
     except BaseException:
         metrics = folder / METRICS_FILE
@@ -116,21 +127,29 @@ def resume(folder: str | Path, overrides=(), quiet: bool = False) -> Run:
     if summary_path.is_file() and _status(summary_path) == "finished":
         print(f"run {folder} already finished; nothing to resume")
         return load_run(folder)
+    from cl.environment import determinism
+
+    with determinism(cfg.run.deterministic):  # before the checkpoint's tensors go to a GPU
+        return _resume(folder, cfg, tree, quiet)
+
+
+def _resume(folder: Path, cfg: RunConfig, tree, quiet: bool) -> Run:
     from cl.environment import resolve_device
 
-    ckpt = checkpoint.load(folder, resolve_device(cfg.run.device))
+    ckpt = checkpoint.to_device(checkpoint.load(folder), resolve_device(cfg.run.device))
     if ckpt.get("config_sha256") != checkpoint.config_digest(folder):
         raise UserError(
             f"{folder}/config.yaml changed after the checkpoint was written; restore it to "
             "resume (the checkpoint belongs to the config the run started with)"
         )
     rows = ckpt["rows"]
+    summary_path = folder / SUMMARY_FILE
     if not (folder / METRICS_FILE).is_file():
         raise UserError(f"{folder} has no {METRICS_FILE}; it cannot be resumed")
     state = build_state(cfg, ckpt)
     truncate_rows(folder / METRICS_FILE, rows)  # rows after the checkpoint come again
     summary_path.unlink(missing_ok=True)
-    _note_resume(folder, state.ctx.iteration)
+    _note_resume(folder, state.ctx.iteration, str(state.ctx.device))
     if not quiet:
         print(f"resuming {folder} at iteration {state.ctx.iteration} ({rows} rows kept)")
     return _drive(cfg, config.as_plain(tree), folder, state, ckpt["wandb_id"], rows, quiet)
@@ -143,15 +162,19 @@ def _status(path: Path) -> str | None:
         return None
 
 
-def _note_resume(folder: Path, iteration: int) -> None:
-    """environment.json lists every resume (when, where, from which iteration)."""
+def _note_resume(folder: Path, iteration: int, device: str) -> None:
+    """environment.json lists every resume (when, where, on which device, from which
+    iteration, with which determinism flags)."""
+    from cl.environment import determinism_flags
+
     path = folder / "environment.json"
     try:
         env = json.loads(path.read_text())
     except (OSError, ValueError):
         env = {}
     stamp = datetime.now(UTC).isoformat(timespec="seconds")
-    note = {"time": stamp, "host": socket.gethostname(), "iteration": iteration}
+    note = {"time": stamp, "host": socket.gethostname(), "device": device}
+    note |= {"iteration": iteration, "determinism": determinism_flags()}
     env.setdefault("resumes", []).append(note)
     write_json(path, env)
 
@@ -225,7 +248,8 @@ def _drive(cfg, plain_config, folder: Path, state, run_id: str, rows: int, quiet
         finally:
             stop.finishing = True
             progress.close()
-            summary = outputs.summary(state, status, error, time.perf_counter() - began)
+            wall = time.perf_counter() - began
+            summary = outputs.summary(state, status, error, wall, cfg.run.deterministic)
             outputs.write_tables(folder, state)
             if status == "interrupted":
                 summary["checkpoint_iteration"] = saver.saved_at
