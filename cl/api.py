@@ -85,7 +85,15 @@ def build_state(cfg: RunConfig, ckpt: dict | None = None):
 
 
 def start(cfg: RunConfig, plain_config: dict, quiet: bool = False) -> Run:
-    """Start `cfg` in a new run folder; returns the folder read back."""
+    """Start `cfg` in a new run folder; returns the folder read back. torch's determinism
+    flags are set for the run (`run.deterministic`) and restored when it ends."""
+    from cl.environment import determinism
+
+    with determinism(cfg.run.deterministic):
+        return _start(cfg, plain_config, quiet)
+
+
+def _start(cfg: RunConfig, plain_config: dict, quiet: bool) -> Run:
     from cl.environment import environment
     from cl.wandb_sink import new_run_id
 
@@ -96,7 +104,10 @@ def start(cfg: RunConfig, plain_config: dict, quiet: bool = False) -> Run:
         state = build_state(cfg)
         (folder / "plots").mkdir(exist_ok=True)
         (folder / "config.yaml").write_text(config.to_yaml(config.OmegaConf.create(plain_config)))
-        write_json(folder / "environment.json", environment(cfg.seed, state.ctx.device))
+        write_json(
+            folder / "environment.json",
+            environment(cfg.seed, state.ctx.device, cfg.run.deterministic),
+        )
         return _drive(cfg, plain_config, folder, state, new_run_id(), 0, quiet)
     except BaseException as e:
         metrics = folder / METRICS_FILE
@@ -121,9 +132,12 @@ def resume(folder: str | Path, overrides=(), quiet: bool = False) -> Run:
             "strategy's plugins keep state that cl's checkpoints do not hold); start it again"
         )
     cfg, tree = config.load_saved(folder / "config.yaml", list(overrides))
+    from cl.environment import determinism
+
     lock = FolderLock(folder)
     try:
-        return _resume(folder, cfg, config.as_plain(tree), quiet)
+        with determinism(cfg.run.deterministic):  # before the checkpoint's tensors go to a GPU
+            return _resume(folder, cfg, config.as_plain(tree), quiet)
     except OSError as e:  # a full disk or an I/O error before the run went on
         raise UserError(f"cannot resume {folder}: {os_error(e)}") from None
     finally:
@@ -144,19 +158,20 @@ def _resume(folder: Path, cfg: RunConfig, plain_config: dict, quiet: bool) -> Ru
         return _restart(folder, cfg, plain_config, quiet)
     from cl.environment import resolve_device
 
-    ckpt = checkpoint.load(folder, resolve_device(cfg.run.device))
+    ckpt = checkpoint.to_device(checkpoint.load(folder), resolve_device(cfg.run.device))
     if ckpt.get("config_sha256") != checkpoint.config_digest(folder):
         raise UserError(
             f"{folder}/config.yaml changed after the checkpoint was written; restore it to "
             "resume (the checkpoint belongs to the config the run started with)"
         )
     rows = ckpt["rows"]
+    summary_path = folder / SUMMARY_FILE
     if not (folder / METRICS_FILE).is_file():
         raise UserError(f"{folder} has no {METRICS_FILE}; it cannot be resumed")
     state = build_state(cfg, ckpt)
     truncate_rows(folder / METRICS_FILE, rows)  # rows after the checkpoint come again
     summary_path.unlink(missing_ok=True)
-    _note_resume(folder, state.ctx.iteration)
+    _note_resume(folder, state.ctx.iteration, str(state.ctx.device))
     if not quiet:
         print(f"resuming {folder} at iteration {state.ctx.iteration} ({rows} rows kept)")
     return _drive(cfg, plain_config, folder, state, ckpt["wandb_id"], rows, quiet, True)
@@ -172,7 +187,7 @@ def _restart(folder: Path, cfg: RunConfig, plain_config: dict, quiet: bool) -> R
     dropped = len(read_rows(metrics)) if metrics.is_file() else 0
     metrics.write_bytes(b"")
     (folder / SUMMARY_FILE).unlink(missing_ok=True)
-    _note_resume(folder, 0)
+    _note_resume(folder, 0, str(state.ctx.device))
     print(
         f"{folder} stopped before its first checkpoint: running it again from the beginning "
         f"({dropped} rows dropped)",
@@ -195,15 +210,19 @@ def _status(path: Path) -> str | None:
         return None
 
 
-def _note_resume(folder: Path, iteration: int) -> None:
-    """environment.json lists every resume (when, where, from which iteration)."""
+def _note_resume(folder: Path, iteration: int, device: str) -> None:
+    """environment.json lists every resume (when, where, on which device, from which
+    iteration, with which determinism flags)."""
+    from cl.environment import determinism_flags
+
     path = folder / "environment.json"
     try:
         env = json.loads(path.read_text())
     except (OSError, ValueError):
         env = {}
     stamp = datetime.now(UTC).isoformat(timespec="seconds")
-    note = {"time": stamp, "host": socket.gethostname(), "iteration": iteration}
+    note = {"time": stamp, "host": socket.gethostname(), "device": device}
+    note |= {"iteration": iteration, "determinism": determinism_flags()}
     env.setdefault("resumes", []).append(note)
     write_json(path, env)
 
@@ -297,7 +316,8 @@ def _drive(
         finally:
             stop.finishing = True
             progress.close()
-            summary = outputs.summary(state, status, error, time.perf_counter() - began)
+            wall = time.perf_counter() - began
+            summary = outputs.summary(state, status, error, wall, cfg.run.deterministic)
             if status == "interrupted":
                 summary["checkpoint_iteration"] = saver.saved_at
                 if saver.saved_at is not None:  # no checkpoint (an Avalanche strategy): no resume

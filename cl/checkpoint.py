@@ -6,6 +6,12 @@ epoch's sample order), every RNG (the run's generator, torch's global and CUDA g
 Python's `random`, NumPy's), the number of rows logged and the W&B run id. It is made of
 tensors and plain data only, written atomically (temp file, fsync, rename) and read with
 `torch.load(weights_only=True)`, so loading a checkpoint can never run code.
+
+Checkpoints load device-independently: `load` reads every tensor onto the CPU, then
+`to_device` moves the model, strategy and monitor tensors to the run's device, except
+generator states (uint8 tensors), which torch takes as CPU ByteTensors only; the optimizer
+moves its own state to its parameters' devices. The RNG states (`rng`) stay on the CPU; CUDA
+RNG states are restored for the CUDA devices that exist and ignored on a machine without any.
 """
 
 from __future__ import annotations
@@ -47,9 +53,12 @@ def rng_state() -> dict[str, Any]:
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore the global RNGs; CUDA states only for the CUDA devices this machine has (a
+    checkpoint written on a GPU resumes on a CPU-only machine without them)."""
     torch.set_rng_state(state["torch"])
-    if state["cuda"]:
-        torch.cuda.set_rng_state_all(state["cuda"])
+    cuda = state["cuda"][: torch.cuda.device_count()] if state["cuda"] else []
+    for index, cuda_state in enumerate(cuda):
+        torch.cuda.set_rng_state(cuda_state, index)
     version, keys, gauss = state["python"]
     random.setstate((version, tuple(keys), gauss))
     name, keys, pos, has_gauss, cached = state["numpy"]
@@ -126,8 +135,9 @@ def save(folder: Path, data: dict[str, Any]) -> None:
         raise
 
 
-def load(folder: Path, device: torch.device | str = "cpu") -> dict[str, Any]:
-    """The folder's checkpoint; UserError if absent, unreadable or from another format."""
+def load(folder: Path) -> dict[str, Any]:
+    """The folder's checkpoint, every tensor on the CPU (`to_device` moves it to the run's
+    device); UserError if absent, unreadable or from another format."""
     path = folder / FILE
     if not path.is_file():
         raise UserError(
@@ -135,7 +145,7 @@ def load(folder: Path, device: torch.device | str = "cpu") -> dict[str, Any]:
             "with run.checkpoint=false, so it cannot be resumed; start it again"
         )
     try:
-        data = torch.load(path, map_location=device, weights_only=True)
+        data = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - truncated zip, bad pickle, unsafe type ...
         reason = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
         raise UserError(f"{path} is corrupt or truncated and cannot be read ({reason})") from None
@@ -147,6 +157,29 @@ def load(folder: Path, device: torch.device | str = "cpu") -> dict[str, Any]:
             f"{__version__} reads format {FORMAT}. Resume it with the cl version that wrote it"
         )
     return data
+
+
+# The parts of a checkpoint that live on the run's device. The optimizer's state is not moved:
+# `Optimizer.load_state_dict` casts it to its parameters' devices and keeps Adam's `step` on
+# the CPU, as torch does. All else is plain data or RNG state.
+ON_DEVICE = ("model", "strategies", "monitor")
+
+
+def to_device(ckpt: dict[str, Any], device: torch.device | str) -> dict[str, Any]:
+    """`ckpt` with the tensors of its ON_DEVICE parts on `device`, except uint8 tensors
+    (generator states: torch takes them as CPU ByteTensors only); the `rng` part and all
+    else stay as loaded, on the CPU."""
+
+    def move(value: Any) -> Any:
+        if isinstance(value, torch.Tensor):
+            return value if value.dtype == torch.uint8 else value.to(device)
+        if isinstance(value, dict):
+            return {k: move(v) for k, v in value.items()}
+        if isinstance(value, list | tuple):
+            return type(value)(move(v) for v in value)
+        return value
+
+    return {k: move(v) if k in ON_DEVICE else v for k, v in ckpt.items()}
 
 
 class Checkpointer:

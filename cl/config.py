@@ -200,8 +200,10 @@ def load(overrides: list[str] | tuple[str, ...] = ()) -> tuple[RunConfig, DictCo
     return validate(cfg), cfg
 
 
-# Keys a resumed run may change: they do not touch its results.
+# Keys a resumed run may change: they do not touch its results (run.device moves the run to
+# another device, where it goes on correctly but not bit for bit).
 RESUME_KEYS = (
+    "run.device",
     "run.progress",
     "run.checkpoint",
     "run.checkpoint_every",

@@ -70,4 +70,6 @@ def summary_table(summary: dict, title: str = "") -> str:
             "n/a" if value is None else (f"{value:.4f}" if isinstance(value, float) else str(value))
         )
         lines.append(f"  {label:<{width}}  {text}")
+    if summary.get("deterministic") is False:
+        lines.append("  note: run.deterministic=false, so results may not be bit-reproducible")
     return "\n".join(lines)

@@ -8,6 +8,8 @@ import random
 import socket
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -27,6 +29,46 @@ def seed_everything(seed: int) -> torch.Generator:
     np.random.seed(seed)
     torch.manual_seed(seed)
     return torch.Generator().manual_seed(seed)
+
+
+CUBLAS_WORKSPACE = ":4096:8"  # what cuBLAS needs for deterministic results (CUDA >= 10.2)
+
+
+@contextmanager
+def determinism(on: bool) -> Iterator[None]:
+    """`run.deterministic`: with `on`, deterministic algorithms only (an op without one
+    raises), cuDNN deterministic and not benchmarking, and CUBLAS_WORKSPACE_CONFIG set if
+    unset (enter before any CUDA work). Off leaves torch's flags as they are. The previous
+    global flags come back on exit; the environment variable stays."""
+    saved = (
+        torch.are_deterministic_algorithms_enabled(),
+        torch.is_deterministic_algorithms_warn_only_enabled(),
+        torch.backends.cudnn.deterministic,
+        torch.backends.cudnn.benchmark,
+    )
+    if on:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", CUBLAS_WORKSPACE)
+        torch.use_deterministic_algorithms(True, warn_only=False)
+        torch.backends.cudnn.deterministic = True
+        torch.backends.cudnn.benchmark = False
+    try:
+        yield
+    finally:
+        algorithms, warn_only, cudnn_deterministic, benchmark = saved
+        torch.use_deterministic_algorithms(algorithms, warn_only=warn_only)
+        torch.backends.cudnn.deterministic = cudnn_deterministic
+        torch.backends.cudnn.benchmark = benchmark
+
+
+def determinism_flags() -> dict:
+    """torch's flags that decide whether results are bit-reproducible, as they are now."""
+    return {
+        "deterministic_algorithms": torch.are_deterministic_algorithms_enabled(),
+        "warn_only": torch.is_deterministic_algorithms_warn_only_enabled(),
+        "cudnn_deterministic": torch.backends.cudnn.deterministic,
+        "cudnn_benchmark": torch.backends.cudnn.benchmark,
+        "cublas_workspace_config": os.environ.get("CUBLAS_WORKSPACE_CONFIG"),
+    }
 
 
 def resolve_device(name: str) -> torch.device:
@@ -69,7 +111,9 @@ def container() -> dict | None:
     return {"engine": engine, "image": image, "git": os.environ.get("CL_GIT_REVISION")}
 
 
-def environment(seed: int, device: torch.device) -> dict:
+def environment(seed: int, device: torch.device, deterministic: bool | None = None) -> dict:
+    """The record of environment.json; `deterministic`: the run's `run.deterministic` (None
+    when cl does not set torch's flags, e.g. in a user's Avalanche script)."""
     import importlib.metadata as md
 
     versions = {}
@@ -90,6 +134,8 @@ def environment(seed: int, device: torch.device) -> dict:
         "cuda": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
         "torch_threads": torch.get_num_threads(),
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "deterministic": deterministic,
+        "determinism": determinism_flags(),  # the effective flags
         "git": git_revision() or (box or {}).get("git"),
         "container": box,
         "versions": versions,

@@ -13,11 +13,16 @@ from cl.schema import RunConfig
 from cl.store import SUMMARY_FILE, load_run, write_json
 
 
-def summary(state, status: str, error: str | None, wall_time_s: float) -> dict:
-    """Every final metric of what was recorded so far, with the run's status."""
+def summary(
+    state, status: str, error: str | None, wall_time_s: float, deterministic: bool | None = None
+) -> dict:
+    """Every final metric of what was recorded so far, with the run's status (and its
+    `run.deterministic`, when cl set torch's flags)."""
     out: dict = {"status": status}
     if error:
         out["error"] = error
+    if deterministic is not None:
+        out["deterministic"] = deterministic
     out.update(state.monitor.summary())
     out["n_iterations"] = state.ctx.iteration
     out["n_eval_rows"] = len(state.monitor.record.accs)

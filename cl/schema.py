@@ -105,6 +105,7 @@ class RunSection:
     dir: str = "runs"  # parent folder of the run folder
     name: str | None = None  # run folder name; null = <benchmark>-<strategies>-s<seed>-<time>
     device: str = "auto"  # auto | cpu | cuda | cuda:N
+    deterministic: bool = True  # deterministic algorithms only (bit-reproducible on one machine)
     progress: bool = True
     checkpoint: bool = True  # false: no checkpoints, so no resume
     checkpoint_every: int = 1000  # also checkpoint every N training iterations ...

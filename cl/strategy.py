@@ -87,10 +87,12 @@ class Strategy:
         return {}
 
     def state_dict(self) -> dict[str, Any]:
+        """Everything the strategy keeps, as tensors and plain data (for checkpoints)."""
         return {}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        pass
+        """Take a `state_dict`. On resume its tensors are on the run's device already, except
+        generator states (uint8 tensors, kept on the CPU as torch's `set_state` wants them)."""
 
 
 def strategy_class(name: str) -> type[Strategy]:

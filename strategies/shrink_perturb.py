@@ -7,6 +7,7 @@ per-step form of Dohare et al., "Loss of plasticity in deep continual learning",
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 import torch
@@ -40,7 +41,14 @@ class ShrinkPerturb(Strategy):
         if self.rng is None:
             seed = int(torch.randint(2**62, (1,), generator=ctx.generator))
             self.rng = torch.Generator(ctx.device).manual_seed(seed).get_state()
-        self.gen = torch.Generator(ctx.device).set_state(self.rng)
+        self.gen = torch.Generator(ctx.device)
+        self._set_state(self.rng)
+
+    def _set_state(self, state: torch.Tensor) -> None:
+        try:
+            self.gen.set_state(state)
+        except RuntimeError:  # a state from another device type (a run resumed on a new device)
+            self.gen.manual_seed(derived_seed(state))
 
     @torch.no_grad()
     def after_step(self, ctx: Context) -> None:
@@ -60,4 +68,10 @@ class ShrinkPerturb(Strategy):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.rng = state["rng"]
         if hasattr(self, "gen"):
-            self.gen.set_state(self.rng)
+            self._set_state(self.rng)
+
+
+def derived_seed(state: torch.Tensor) -> int:
+    """A seed drawn from a generator state: CPU (Mersenne twister) and CUDA (Philox) states
+    differ in kind, so a run resumed on the other device type reseeds from the saved state."""
+    return int.from_bytes(hashlib.sha256(state.numpy().tobytes()).digest()[:8], "little")

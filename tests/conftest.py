@@ -22,7 +22,15 @@ def pytest_addoption(parser):
 
 
 def pytest_collection_modifyitems(config, items):
-    """An outcome test is marked `outcome` and takes its seeds and checks from the fixtures."""
+    """An outcome test is marked `outcome` and takes its seeds and checks from the fixtures.
+    A `gpu` test is skipped where torch sees no CUDA device."""
+    gpu = [item for item in items if item.get_closest_marker("gpu") is not None]
+    if gpu:
+        import torch
+
+        if not torch.cuda.is_available():
+            for item in gpu:
+                item.add_marker(pytest.mark.skip(reason="needs CUDA"))
     for item in items:
         marked = item.get_closest_marker("outcome") is not None
         names = set(getattr(item, "fixturenames", ()))
