@@ -21,15 +21,16 @@ from cl.avalanche.strategies import OWNED, PREFIX, is_avalanche
 from cl.avalanche.strategies import defaults as avalanche_defaults
 from cl.catalog import STRATEGIES
 from cl.errors import UserError
+from cl.resources import shipped_folder
 from cl.schema import RunConfig
 
 GROUPS = ("benchmark", "model", "strategy", "optim", "experiment")
 
 
 def config_dir() -> Path:
-    """The `configs/` folder: $CL_CONFIG_DIR, else the one next to the `cl` package."""
+    """The `configs/` folder: $CL_CONFIG_DIR, else cl's own (`cl.resources`)."""
     env = os.environ.get("CL_CONFIG_DIR")
-    return Path(env) if env else Path(__file__).resolve().parent.parent / "configs"
+    return Path(env) if env else shipped_folder("configs")
 
 
 def options(group: str) -> list[str]:
