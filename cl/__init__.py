@@ -3,7 +3,7 @@
 Importing `cl` is cheap (no torch); heavy modules load on first use.
 """
 
-__version__ = "0.1.0"
+from cl.version import __version__
 
 __all__ = ["__version__", "load_run", "load_sweep", "run"]
 

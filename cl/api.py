@@ -13,9 +13,8 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from cl import checkpoint, config, outputs
-from cl.avalanche.strategies import KEY as AVALANCHE
-from cl.avalanche.strategies import label
+from cl import checkpoint, config, outputs, plugins
+from cl.catalog import SCENARIOS
 from cl.errors import RunFailed, UserError
 from cl.interrupt import Interrupted, catch_stops
 from cl.schema import RunConfig
@@ -60,15 +59,15 @@ def build_state(cfg: RunConfig, ckpt: dict | None = None):
             "use run.device=cpu or auto"
         )
     b = cfg.benchmark
-    data = None  # an Avalanche benchmark (scenario=avalanche) reads its own data
-    if b.scenario != "avalanche":
+    data = None  # an add-on's scenario (e.g. scenario=avalanche) reads its own data
+    if b.scenario in SCENARIOS:
         d = cfg.data
         data = load_source(b.source, d.root, d.download, b.test_fraction, b.split_seed)
     generator = seed_everything(cfg.seed)
     stream = build_stream(b, data, cfg.seed, cfg.eval.subset, cfg.data.root).to(device)
     model = build_model(cfg.model, stream.input_shape, stream.n_classes).to(device)
     ctx = make_context(cfg, stream, model, device, generator)
-    native = [] if AVALANCHE in cfg.strategy else strategy.build(cfg.strategy)
+    native = [] if plugins.family_of(cfg.strategy) else strategy.build(cfg.strategy)
     state = RunState(cfg, ctx, native, Monitor(cfg, ctx))
     try:
         if ckpt is not None:
@@ -97,7 +96,7 @@ def _start(cfg: RunConfig, plain_config: dict, quiet: bool) -> Run:
     from cl.environment import environment
     from cl.wandb_sink import new_run_id
 
-    default = f"{cfg.benchmark.name}-{label(cfg.strategy)}-s{cfg.seed}"
+    default = f"{cfg.benchmark.name}-{plugins.label(cfg.strategy)}-s{cfg.seed}"
     folder, made = create_run_folder(cfg.run.dir, cfg.run.name, default)
     lock = FolderLock(folder)  # before the cleanup below: a loser must not remove the folder
     try:
@@ -126,10 +125,11 @@ def resume(folder: str | Path, overrides=(), quiet: bool = False) -> Run:
     folder = Path(folder).expanduser()
     if not (folder / "config.yaml").is_file():
         raise UserError(f"{folder} is not a cl run folder (no config.yaml)")
-    if AVALANCHE in (config._read_yaml(folder / "config.yaml").get("strategy") or {}):
+    family = plugins.family_of(config._read_yaml(folder / "config.yaml").get("strategy") or {})
+    if family is not None and family.no_checkpoints:
         raise UserError(
-            f"{folder} ran an Avalanche strategy: such runs cannot be resumed exactly (the "
-            "strategy's plugins keep state that cl's checkpoints do not hold); start it again"
+            f"{folder} ran {family.title} strategies: such runs cannot be resumed exactly "
+            f"({family.no_checkpoints}); start it again"
         )
     cfg, tree = config.load_saved(folder / "config.yaml", list(overrides))
     from cl.environment import determinism
@@ -276,11 +276,11 @@ def _drive(
 ) -> Run:
     """Open the sinks, run the stream from the state's cursor, write the outputs."""
     from cl.console import Progress, summary_table
+    from cl.runner import run_stream
 
-    if AVALANCHE in cfg.strategy:  # an Avalanche strategy trains through its own loop
-        from cl.avalanche.bridge import run_stream
-    else:
-        from cl.runner import run_stream
+    family = plugins.family_of(cfg.strategy)
+    if family is not None:  # an add-on's strategies train through its own loop
+        run_stream = family.driver()
 
     began = time.perf_counter()
     store, wandb, log = open_sinks(cfg, plain_config, folder, run_id, rows, resumed)

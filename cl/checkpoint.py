@@ -28,9 +28,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from cl import __version__
 from cl.errors import UserError
 from cl.runner import Cursor, RunState
+from cl.version import __version__
 
 FORMAT = 1  # bump when the layout changes; older files are refused with a clear message
 FILE = "checkpoint.pt"

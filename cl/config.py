@@ -13,23 +13,23 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
-from cl.avalanche.strategies import KEY as AVALANCHE
-from cl.avalanche.strategies import OWNED, PREFIX, is_avalanche
-from cl.avalanche.strategies import defaults as avalanche_defaults
+from cl import plugins
 from cl.catalog import STRATEGIES
 from cl.errors import UserError
+from cl.resources import shipped_folder
 from cl.schema import RunConfig
+from cl.validation import as_plain, validate  # noqa: F401 - as_plain: cl.config.as_plain
 
 GROUPS = ("benchmark", "model", "strategy", "optim", "experiment")
 
 
 def config_dir() -> Path:
-    """The `configs/` folder: $CL_CONFIG_DIR, else the one next to the `cl` package."""
+    """The `configs/` folder: $CL_CONFIG_DIR, else cl's own (`cl.resources`)."""
     env = os.environ.get("CL_CONFIG_DIR")
-    return Path(env) if env else Path(__file__).resolve().parent.parent / "configs"
+    return Path(env) if env else shipped_folder("configs")
 
 
 def options(group: str) -> list[str]:
@@ -80,26 +80,27 @@ def parse_overrides(overrides: list[str]) -> tuple[dict[str, Any], list[tuple[st
     return picks, keys
 
 
-def _strategy_names(value: Any) -> list[str]:
+def _strategy_names(value: Any) -> tuple[list[str], plugins.Family | None]:
+    """The names picked, and their family (None: cl's own strategies)."""
     names = value if isinstance(value, list) else [value]
     if not names or not all(isinstance(n, str) and n for n in names):
         raise UserError(
             f"strategy must be a name or a list of names, got {value!r}; "
             f"valid choices: {', '.join(STRATEGIES)}"
         )
-    if any(is_avalanche(n) for n in names) and not all(is_avalanche(n) for n in names):
+    families = {n: plugins.family(n.partition(".")[0]) if "." in n else None for n in names}
+    family = next((f for f in families.values() if f is not None), None)
+    if family is not None and any(f is not family for f in families.values()):
         raise UserError(
-            f"strategy={names} mixes cl and Avalanche strategies; list either cl strategies or "
-            "avalanche.<Name>s (one Avalanche strategy and any Avalanche plugins)"
+            f"strategy={names} mixes cl and {family.title} strategies; list either cl "
+            f"strategies or {family.name}.<Name>s ({family.members})"
         )
     for n in names:
-        if is_avalanche(n):
-            continue
-        if n not in STRATEGIES:
+        if family is None and n not in STRATEGIES:
             raise UserError(f"unknown strategy '{n}'; valid choices: {', '.join(STRATEGIES)}")
     if len(set(names)) != len(names):
         raise UserError(f"strategy lists '{names}' with a repeated name")
-    return names
+    return names, family
 
 
 def compose(overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
@@ -118,11 +119,13 @@ def compose(overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
     for group in ("benchmark", "model", "optim"):
         if group in picks:
             tree[group] = {**tree.get(group, {}), **_group_file(group, str(picks[group]))}
-    names = _strategy_names(picks.get("strategy", "naive"))
-    if is_avalanche(names[0]):  # strategy.avalanche.<Name>.<arg>; no checkpoints (no resume)
-        tree["strategy"] = {AVALANCHE: {n[len(PREFIX) :]: avalanche_defaults(n) for n in names}}
-        _no_checkpoint_keys(names, cli_keys)
-        tree["run"] = {**tree.get("run", {}), "checkpoint": False}
+    names, family = _strategy_names(picks.get("strategy", "naive"))
+    if family is not None:  # strategy.<family>.<Name>.<arg>
+        members = {n.partition(".")[2]: family.defaults(n) for n in names}
+        tree["strategy"] = {family.name: members}
+        if family.no_checkpoints:
+            _no_checkpoint_keys(names, cli_keys, family.no_checkpoints)
+            tree["run"] = {**tree.get("run", {}), "checkpoint": False}
     else:
         tree["strategy"] = {n: _group_file("strategy", n) or {} for n in names}
 
@@ -137,13 +140,12 @@ def compose(overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
     return cfg
 
 
-def _no_checkpoint_keys(names: list[str], keys: list[tuple[str, Any]]) -> None:
+def _no_checkpoint_keys(names: list[str], keys: list[tuple[str, Any]], why: str) -> None:
     for key, value in keys:
         if key.startswith("run.checkpoint") and not (key == "run.checkpoint" and value is False):
             raise UserError(
-                f"'{key}' does not apply to strategy={','.join(names)}: Avalanche strategies "
-                "keep state cl's checkpoints cannot hold, so their runs are not checkpointed "
-                "and cannot be resumed"
+                f"'{key}' does not apply to strategy={','.join(names)}: {why}, so their runs "
+                "are not checkpointed and cannot be resumed"
             )
 
 
@@ -161,13 +163,15 @@ def _assign(cfg: DictConfig, key: str, value: Any) -> None:
             f"'{key}' sets an option of a strategy that is not selected; "
             f"selected: {', '.join(cfg.strategy)} (pick it with strategy=...)"
         )
+    family = plugins.family_of(cfg.strategy)  # arguments cl fills for an add-on's strategies
     if (
-        key.startswith(f"strategy.{AVALANCHE}.")
-        and leaf in OWNED
+        family is not None
+        and key.startswith(f"strategy.{family.name}.")
+        and leaf in family.owned
         and isinstance(parent, DictConfig)
     ):
         raise UserError(
-            f"{key} is set by cl from {OWNED[leaf]}; remove it "
+            f"{key} is set by cl from {family.owned[leaf]}; remove it "
             f"(arguments that can be set: {', '.join(parent.keys()) or '(none)'})"
         )
     if parent_key == "benchmark.args" and isinstance(parent, DictConfig):
@@ -194,8 +198,6 @@ def _explain(e: OmegaConfBaseException) -> str:
 
 def load(overrides: list[str] | tuple[str, ...] = ()) -> tuple[RunConfig, DictConfig]:
     """Compose and validate; returns the typed config and its resolved tree."""
-    from cl.validation import validate
-
     cfg = compose(overrides)
     return validate(cfg), cfg
 
@@ -230,14 +232,8 @@ def load_saved(path: Path, overrides: list[str] | tuple[str, ...] = ()):
             _assign(cfg, key, value)
     except OmegaConfBaseException as e:
         raise UserError(f"{path}: {_explain(e)}") from None
-    from cl.validation import validate
-
     return validate(cfg), cfg
 
 
 def to_yaml(cfg: DictConfig) -> str:
     return OmegaConf.to_yaml(cfg, resolve=True)
-
-
-def as_plain(cfg: DictConfig | ListConfig) -> Any:
-    return OmegaConf.to_container(cfg, resolve=True)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cl.avalanche.strategies import label
+from cl import plugins
 from cl.schema import RunConfig
 from cl.store import SUMMARY_FILE, load_run, write_json
 
@@ -55,22 +55,19 @@ def write(folder: Path, values: dict, wandb, cfg: RunConfig, finished: bool) -> 
     from cl import plots
 
     (folder / "plots").mkdir(exist_ok=True)
-    title = f"{cfg.benchmark.name} / {label(cfg.strategy)}"
+    title = f"{cfg.benchmark.name} / {plugins.label(cfg.strategy)}"
     paths = [plots.accuracy_curves(run.metrics, folder / "plots" / "accuracy_curves.png", title)]
     if values.get("accuracy_matrix"):
         R = np.array(values["accuracy_matrix"], dtype=float)
         paths.append(plots.accuracy_matrix(R, folder / "plots" / "accuracy_matrix.png"))
-    report = None
-    if cfg.run.report:
-        from cl.report import build
-
+    page = None  # an HTML page a finisher wrote (the report: cl.report.registration)
+    for name, finish in plugins.finishers().items():
         try:
-            report = build([folder])
+            page = finish(folder, cfg) or page
         except OSError:  # a full disk: the run's outputs are incomplete, the caller says so
-            (folder / "report.html.tmp").unlink(missing_ok=True)
             raise
         except Exception as e:  # noqa: BLE001 - the run's own outputs are written already
             why = f"{type(e).__name__}: {e}"
-            print(f"warning: the report could not be built ({why})", file=sys.stderr)
+            print(f"warning: the {name} could not be built ({why})", file=sys.stderr)
     if wandb is not None and finished:
-        wandb.images({f"plots/{p.stem}": p for p in paths}, report)
+        wandb.images({f"plots/{p.stem}": p for p in paths}, page)

@@ -27,8 +27,9 @@ from typing import Any
 import yaml
 
 from cl.errors import UserError
+from cl.resources import shipped_folder
 
-EXPERIMENTS = Path(__file__).resolve().parent.parent / "experiments"
+EXPERIMENTS = shipped_folder("experiments")
 TARGETS = EXPERIMENTS / "targets.csv"
 
 

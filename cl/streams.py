@@ -14,6 +14,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from cl import plugins
+from cl.catalog import SCENARIOS
 from cl.data import Dataset
 from cl.errors import UserError
 from cl.schema import BenchmarkConfig
@@ -80,10 +82,8 @@ def build_stream(
 ) -> Stream:
     """Build the stream of `cfg` from `data`; all randomness comes from `seed`. An Avalanche
     benchmark (`scenario=avalanche`) reads its own data under `root` (`data` is unused)."""
-    if cfg.scenario == "avalanche":
-        from cl.avalanche.benchmarks import build_stream as avalanche_stream
-
-        return avalanche_stream(cfg, root, seed, eval_subset)
+    if cfg.scenario not in SCENARIOS:  # an add-on's scenario (cl.plugins)
+        return plugins.scenario(cfg.scenario).build(cfg, root, seed, eval_subset)
     gen = torch.Generator().manual_seed(seed)
     if cfg.scenario == "split":
         tasks = _split_tasks(cfg, data, seed)

@@ -11,15 +11,14 @@ import math
 import re
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from cl.catalog import BENCHMARKS, MODELS, SOURCE_CLASSES, SOURCES, STRATEGIES
-from cl.config import as_plain
+from cl import plugins
+from cl.catalog import BENCHMARKS, MODELS, SCENARIOS, SOURCE_CLASSES, SOURCES, STRATEGIES
 from cl.errors import UserError
 from cl.schema import RunConfig
 
 CHOICES = {
-    "benchmark.scenario": ("split", "permuted", "rotated", "random_labels", "avalanche"),
     "benchmark.source": tuple(SOURCES),
     "benchmark.incremental": ("class", "task"),
     "model.name": tuple(MODELS),
@@ -72,12 +71,13 @@ def validate(cfg: DictConfig) -> RunConfig:
     names that become paths, and which strategy, model and scenario can go together.
     """
     _check_finite(as_plain(cfg), "")
-    for key, choices in CHOICES.items():
+    scenarios = (*SCENARIOS, *plugins.scenarios())
+    for key, choices in {"benchmark.scenario": scenarios, **CHOICES}.items():
         value = OmegaConf.select(cfg, key)
         if value not in choices:
             raise UserError(f"{key}={value!r} is not valid; valid choices: {', '.join(choices)}")
     b, m = cfg.benchmark, cfg.model
-    if b.scenario != "avalanche" and b.name not in BENCHMARKS:
+    if b.scenario in SCENARIOS and b.name not in BENCHMARKS:
         raise UserError(f"unknown benchmark '{b.name}'; valid choices: {', '.join(BENCHMARKS)}")
     for key in POSITIVE_INTS:
         _int_in(key, OmegaConf.select(cfg, key), 1, MAX_INT, "a positive integer")
@@ -114,20 +114,23 @@ def validate(cfg: DictConfig) -> RunConfig:
         raise UserError(f"strategy is empty; valid choices: {', '.join(STRATEGIES)}")
     from cl import strategy
 
+    family = plugins.family_of(cfg.strategy)  # an add-on's strategies check their own options
+    if family is not None:
+        cfg.strategy[family.name] = family.check(as_plain(cfg.strategy[family.name]))
+        return OmegaConf.to_object(cfg)
     for name, args in cfg.strategy.items():
-        if name == "avalanche" and len(cfg.strategy) == 1:  # Avalanche's classes (cl.avalanche)
-            from cl.avalanche.strategies import check
-
-            cfg.strategy[name] = check(as_plain(args))
-            continue
         if not isinstance(args, DictConfig | dict):
             raise UserError(f"strategy.{name} must be a mapping of options, got {args!r}")
         cfg.strategy[name] = strategy.check_options(name, as_plain(args))
     typed = OmegaConf.to_object(cfg)
     for name in typed.strategy:
-        if name != "avalanche":
-            strategy.check_compatible(name, typed)
+        strategy.check_compatible(name, typed)
     return typed
+
+
+def as_plain(cfg: DictConfig | ListConfig) -> Any:
+    """The config tree as plain dicts and lists, interpolations resolved."""
+    return OmegaConf.to_container(cfg, resolve=True)
 
 
 def _check_finite(tree: Any, prefix: str) -> None:
@@ -150,15 +153,13 @@ def _int_in(key: str, value: Any, lo: int, hi: int, text: str) -> None:
 
 def _check_benchmark(cfg: DictConfig) -> None:
     b = cfg.benchmark
-    if b.scenario == "avalanche":  # name and arguments against the constructor's signature
-        from cl.avalanche.benchmarks import check
-
-        check(b.name, as_plain(b.args))
-        b.incremental = "task" if b.args.get("return_task_id") else "class"  # task-aware heads
-        b.n_tasks = b.args.get("n_experiences", b.n_tasks)  # what config.yaml shows
+    scenario = plugins.scenario(b.scenario)
+    if scenario is not None:  # an add-on's scenario checks its own keys
+        scenario.check(b)
         return
     if b.args:
-        raise UserError("benchmark.args is only for benchmark.scenario=avalanche")
+        takes = "|".join(plugins.scenarios()) or "(none installed)"
+        raise UserError(f"benchmark.args is only for benchmark.scenario={takes}")
     n_classes = SOURCE_CLASSES[b.source]
     if b.incremental == "task" and b.scenario != "split":
         raise UserError(

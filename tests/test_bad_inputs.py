@@ -25,6 +25,10 @@ CASES = [
     (["strategy=cbp", "model=resnet18"], "strategy=cbp: needs a model with an nn.Sequential"),
     ([f"run.name={LONG}"], "run.name="),
     (["run.device=cpux"], "run.device='cpux'"),
+    # an Avalanche benchmark's stream is its own: cl's stream keys are refused, not ignored
+    (["benchmark=avalanche", "benchmark.tasks=[2]"], "benchmark.tasks=[2] is not supported by"),
+    (["benchmark=avalanche", "benchmark.class_order=[1,0]"], "benchmark.class_order=[1, 0] is"),
+    (["benchmark=avalanche", "benchmark.incremental=task"], "return_task_id=true"),
     (["run.device=cuda:abc"], "run.device='cuda:abc'"),
     (["seed=-1"], "seed=-1 must be an integer in 0 .. 4294967295"),
     (["seed=4294967296"], "seed=4294967296 must be"),

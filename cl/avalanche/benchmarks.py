@@ -10,6 +10,7 @@ order and permutations/rotations are the benchmark's own, drawn from cl's `seed`
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -81,6 +82,43 @@ def check(name: str, args: dict[str, Any]) -> dict[str, Any]:
             f"(e.g. benchmark.args.{missing[0]}=5); it takes: {', '.join(valid)}"
         )
     return out
+
+
+# benchmark.* keys of cl's own streams that an Avalanche benchmark has no use for: the
+# stream, its class order and its tasks are the benchmark's own (benchmark.args).
+UNSUPPORTED = {
+    "class_order": "the class order is the benchmark's own, drawn from `seed`",
+    "shuffle_classes": "the class order is the benchmark's own, drawn from `seed`",
+    "angles": "set the benchmark's own arguments (benchmark.args.<arg>)",
+    "max_angle": "set the benchmark's own arguments (benchmark.args.<arg>)",
+    "tasks": "every experience of the benchmark runs (benchmark.args.n_experiences sets them)",
+}
+
+
+def check_config(b) -> None:
+    """Validate `benchmark.*` (a DictConfig) for `scenario=avalanche`: the name and arguments
+    against the constructor, no key of cl's own streams; fills `incremental` and `n_tasks`
+    from the arguments (what config.yaml shows)."""
+    from cl.schema import BenchmarkConfig
+
+    default = BenchmarkConfig()
+    for key, why in UNSUPPORTED.items():
+        value = b[key]
+        if value != getattr(default, key):
+            shown = list(value) if isinstance(value, Sequence) else value
+            raise UserError(
+                f"benchmark.{key}={shown} is not supported by benchmark.scenario=avalanche ({why})"
+            )
+    if b.incremental == "task" and not b.args.get("return_task_id"):
+        raise UserError(
+            "benchmark.incremental=task is not supported by benchmark.scenario=avalanche; "
+            "set benchmark.args.return_task_id=true (task labels from the benchmark)"
+        )
+    from omegaconf import OmegaConf
+
+    check(b.name, OmegaConf.to_container(b.args, resolve=True))
+    b.incremental = "task" if b.args.get("return_task_id") else "class"  # task-aware heads
+    b.n_tasks = b.args.get("n_experiences", b.n_tasks)
 
 
 def materialise(dataset, indices: torch.Tensor | None = None, batch_size: int = 1000):

@@ -23,20 +23,12 @@ from torch import nn
 
 from cl.avalanche import strategies as names
 from cl.avalanche.hook import MonitorPlugin
+from cl.avalanche.strategies import quiet_evaluator
 from cl.monitor import Record
 from cl.runner import RunState
 from cl.streams import Stream
 
 MASK = -1e9  # logits of other tasks' classes (finite: distillation losses stay finite)
-
-
-def quiet_evaluator():
-    """Avalanche's evaluation plugin with no metrics and no loggers."""
-    from avalanche.training.plugins import EvaluationPlugin
-
-    with warnings.catch_warnings():  # "No loggers specified": on purpose
-        warnings.simplefilter("ignore")
-        return EvaluationPlugin(loggers=[])
 
 
 def benchmark(stream: Stream):

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import inspect
 import typing
+import warnings
 from typing import Any
 
 from cl.avalanche.signatures import Arg, convert, parameters, type_name
@@ -210,8 +211,6 @@ def check(spec: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 def _try_build(classes, args) -> None:
     """Build each class once with a dummy model, to run its own argument checks."""
-    import warnings
-
     import torch
 
     for name, cls, is_plugin in classes:
@@ -223,8 +222,6 @@ def _try_build(classes, args) -> None:
                 if is_plugin:
                     cls(**kwargs, **owned_values(cls, model=model))
                 else:
-                    from cl.avalanche.bridge import quiet_evaluator
-
                     fill = dict(
                         model=model,
                         optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
@@ -240,6 +237,15 @@ def _try_build(classes, args) -> None:
                     cls(**kwargs, **owned_values(cls, **fill))
         except (TypeError, ValueError, AssertionError) as e:
             raise UserError(f"strategy.{KEY}.{name}: {e}") from None
+
+
+def quiet_evaluator():
+    """Avalanche's evaluation plugin with no metrics and no loggers."""
+    from avalanche.training.plugins import EvaluationPlugin
+
+    with warnings.catch_warnings():  # "No loggers specified": on purpose
+        warnings.simplefilter("ignore")
+        return EvaluationPlugin(loggers=[])
 
 
 def owned_values(cls: type, **values: Any) -> dict[str, Any]:

@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cl.avalanche.strategies import label
 from cl.errors import UserError
+from cl.plugins import label
 from cl.store import METRICS_FILE, SUMMARY_FILE, load_run
 
 NOT_CONFIG = ("seed", "run.", "wandb.", "data.", "eval.batch_size")

@@ -287,6 +287,10 @@ def html_page(data: dict, live: bool = False) -> str:
 def write_report(report: Report, path: Path) -> Path:
     """Write the self-contained report of `report` to `path` (atomically)."""
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(html_page(payload(report)))
-    tmp.replace(path)
+    try:
+        tmp.write_text(html_page(payload(report)))
+        tmp.replace(path)
+    except OSError:  # a full disk: no half-written page left behind
+        tmp.unlink(missing_ok=True)
+        raise
     return path
