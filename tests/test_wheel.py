@@ -2,6 +2,7 @@
 experiments and strategies, and runs from any directory."""
 
 import os
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -9,6 +10,7 @@ import zipfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+JUNK = shutil.ignore_patterns("__pycache__", "*.png")
 TINY = ["benchmark.source=digits", "benchmark.n_tasks=2", "model.hidden=[16]", "eval.subset=50"]
 
 
@@ -30,8 +32,14 @@ def source_files() -> set[str]:
 
 def test_the_wheel_installs_and_runs_from_another_directory(tmp_path):
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "CL_CONFIG_DIR")}
+    source = tmp_path / "source"  # a copy: building writes build/ and cl.egg-info beside it
+    source.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, source)
+    for name in ("cl", "strategies", "configs", "experiments"):
+        shutil.copytree(ROOT / name, source / name, ignore=JUNK)
     build = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q"]
-    subprocess.run([*build, "-w", str(tmp_path / "dist"), str(ROOT)], check=True, env=env)
+    subprocess.run([*build, "-w", str(tmp_path / "dist"), str(source)], check=True, env=env)
     (wheel,) = (tmp_path / "dist").glob("cl-*.whl")
     missing = source_files() - shipped(wheel)
     assert not missing, f"not in the wheel: {sorted(missing)}"
