@@ -28,15 +28,25 @@ class ContinualBackprop(Strategy):
         a[i] <- a[i] + 1;   u_hat[i] = u[i] / (1 - eta^a[i])                 (bias correction)
     (means over batch and spatial positions). Mature units are those with a > maturity_threshold;
     with none, nothing accumulates. Otherwise c <- c + replacement_rate * #mature, n = floor(c),
-    c <- c - n, and the n mature units with the smallest u_hat are replaced:
-    b_next += w_out[:, i] * f[i] / (1 - eta^a[i]) (the unit's mean contribution moves into the
+    c <- c - n, and the n mature units with the smallest u_hat are replaced: b_next += w_out[:,
+    i] * f[i] / (1 - eta^a[i]) (`bias_transfer`: the unit's mean contribution moves into the
     next layer's bias), w_out[:, i] <- 0, incoming weights <- U(-b, b) with b = 1/sqrt(fan_in)
     (`init="default"`: torch's default Linear/Conv2d init, used by cl's models and LoP's conv
-    layers) or b = sqrt(2) * sqrt(3/fan_in) (`init="kaiming"`: LoP's ReLU MLP), incoming bias
-    <- 0, normalisation affine (and running stats) of the unit reset, u = f = a = 0, and every
-    optimizer-state tensor shaped like a touched parameter (SGD momentum; Adam exp_avg,
-    exp_avg_sq, max_exp_avg_sq; a per-element step) zeroed at those rows / columns (torch's
-    Adam keeps a scalar `step`, which cannot be reset per unit).
+    layers) or b = sqrt(2) * sqrt(3/fan_in) (`init="kaiming"`: LoP's ReLU MLP), incoming bias <-
+    0, normalisation affine (and running stats) of the unit reset, u = f = a = 0, and every
+    optimizer-state tensor shaped like a touched parameter (SGD momentum unless
+    `reset_momentum=false`; Adam exp_avg, exp_avg_sq, max_exp_avg_sq; a per-element step) zeroed
+    at those rows / columns (torch's Adam keeps a scalar `step`, which cannot be reset per
+    unit).
+
+    Official code (`lop/algos/gnt.py`) vs the defaults here: gnt.py zeroes f[i] before it reads
+    it, so its bias transfer adds 0 (`convGnT`, `res_gnt` have none), and it leaves SGD
+    momentum of replaced units untouched; the published results come from that behaviour:
+    `bias_transfer=false reset_momentum=false` reproduces gnt.py step for step (tests/test_cbp.py
+    lock-step test). The defaults stay `true`: the transfer is what gnt.py's comment and the
+    paper's "function unchanged" intend (the replaced unit's removal leaves the output mean
+    unchanged), and a reset unit whose momentum survives keeps moving along its
+    predecessor's direction; both defaults keep earlier cl results unchanged.
     Hidden layers: the Linear/Conv2d layers of `model.body` (nn.Sequential) before `model.head`;
     activations are captured by forward hooks (training mode only) on their activation modules.
     """
@@ -49,6 +59,8 @@ class ContinualBackprop(Strategy):
         maturity_threshold: int = 100,
         decay_rate: float = 0.99,
         init: str = "default",
+        bias_transfer: bool = True,
+        reset_momentum: bool = True,
     ):
         if init not in ("default", "kaiming"):
             raise ValueError(f"init must be 'default' or 'kaiming', got {init!r}")
@@ -60,6 +72,7 @@ class ContinualBackprop(Strategy):
             raise ValueError(f"decay_rate must be in [0, 1), got {decay_rate}")
         self.rate, self.maturity = replacement_rate, maturity_threshold
         self.decay, self.init = decay_rate, init
+        self.bias_transfer, self.reset_momentum = bias_transfer, reset_momentum
         self.layers: list[tuple[nn.Module, nn.Module, list]] = []  # (layer, next, norms)
         self.state: dict[str, Any] | None = None
 
@@ -120,7 +133,7 @@ class ContinualBackprop(Strategy):
                 continue
             corr = 1 - eta ** s["age"][j][mature]
             r = mature[torch.topk(-s["util"][j][mature] / corr, k).indices]
-            if nxt.bias is not None:
+            if self.bias_transfer and nxt.bias is not None:
                 f = s["mean"][j][r] / (1 - eta ** s["age"][j][r])
                 nxt.bias += (w_out[:, r, :].sum(2) * f).sum(1)
             self._replace(ctx, layer, nxt, norms, r, w_out)
@@ -142,12 +155,13 @@ class ContinualBackprop(Strategy):
                 rows += [norm.weight, norm.bias]
             if getattr(norm, "running_mean", None) is not None:
                 norm.running_mean[r], norm.running_var[r] = 0.0, 1.0
+        keep = () if self.reset_momentum else ("momentum_buffer",)
         for p in rows:
-            for v in ctx.optimizer.state.get(p, {}).values():
-                if torch.is_tensor(v) and v.shape == p.shape:
+            for key, v in ctx.optimizer.state.get(p, {}).items():
+                if torch.is_tensor(v) and v.shape == p.shape and key not in keep:
                     v[r] = 0
-        for v in ctx.optimizer.state.get(nxt.weight, {}).values():
-            if torch.is_tensor(v) and v.shape == nxt.weight.shape:
+        for key, v in ctx.optimizer.state.get(nxt.weight, {}).items():
+            if torch.is_tensor(v) and v.shape == nxt.weight.shape and key not in keep:
                 v.view(v.shape[0], len(layer.weight), -1)[:, r, :] = 0
 
     def state_dict(self) -> dict[str, Any]:

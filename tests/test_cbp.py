@@ -204,3 +204,80 @@ def test_cbp_ranks_by_the_bias_corrected_utility():
     s["acc"][0] = 0.999  # + 16 * 1e-4 -> exactly one replacement this step
     train_step(ctx, [cbp], next(batches(1, (10,), 4, seed=5)))
     assert torch.nonzero(s["age"][0] == 0).flatten().tolist() == [1]
+
+
+def official_gnt_step(net, state, feats, rate, m, eta):
+    """Hand-written reference of the official `lop/algos/gnt.py` GnT step (accumulate=True,
+    util_type=contribution) on a Sequential [Linear, act, Linear, act, ..., Linear]: it zeroes
+    the mean activation before reading it (bias transfer adds 0) and touches no optimizer
+    state under SGD. Returns the replaced indices per layer; fresh incoming rows are drawn by
+    the caller."""
+    linears = [mod for mod in net if isinstance(mod, torch.nn.Linear)]
+    out = []
+    for i, h in enumerate(feats):
+        cur, nxt = linears[i], linears[i + 1]
+        state["age"][i] += 1
+        corr = 1 - eta ** state["age"][i]
+        state["util"][i] *= eta
+        state["mean"][i] = state["mean"][i] * eta + (1 - eta) * h.mean(0)
+        state["util"][i] += (1 - eta) * nxt.weight.abs().mean(0) * h.abs().mean(0)
+        bc_util = state["util"][i] / corr
+        mature = torch.where(state["age"][i] > m)[0]
+        r = torch.empty(0, dtype=torch.long)
+        if len(mature):
+            state["acc"][i] += rate * len(mature)
+            n = int(state["acc"][i])
+            state["acc"][i] -= n
+            if n:
+                r = mature[torch.topk(-bc_util[mature], n)[1]]
+                state["util"][i][r] = 0
+                state["mean"][i][r] = 0.0  # before gen_new_features reads it
+        out.append(r)
+    for i, r in enumerate(out):
+        if len(r):
+            cur, nxt = linears[i], linears[i + 1]
+            cur.bias[r] = 0
+            f = state["mean"][i][r] / (1 - eta ** state["age"][i][r])  # zeroed: adds 0
+            nxt.bias += (nxt.weight[:, r] * f).sum(1)
+            nxt.weight[:, r] = 0
+            state["age"][i][r] = 0
+    return out
+
+
+def test_cbp_official_options_match_a_reference_of_gnt_py_in_lock_step():
+    torch.manual_seed(3)
+    model = MLP(6, [12, 10], 3, activation="relu")
+    ref = torch.nn.Sequential(*copy.deepcopy(list(model.body)[1:]), copy.deepcopy(model.head))
+    ctx = make(model)
+    ref_opt = torch.optim.SGD(ref.parameters(), lr=0.05, momentum=0.9)
+    rate, m, eta = 3 / 32, 4, 0.9
+    cbp = ContinualBackprop(rate, m, eta, bias_transfer=False, reset_momentum=False)
+    cbp.setup(ctx)
+    widths = (12, 10)
+    st = {"age": [torch.zeros(w) for w in widths], "util": [torch.zeros(w) for w in widths]}
+    st.update(mean=[torch.zeros(w) for w in widths], acc=[0.0, 0.0])
+    feats = []
+    for mod in ref:
+        if isinstance(mod, torch.nn.ReLU):
+            mod.register_forward_hook(lambda mod, i, o: feats.append(o.detach()))
+    total = 0
+    for batch in batches(60, (6,), 3, seed=4):
+        train_step(ctx, [cbp], batch)
+        feats.clear()
+        loss = torch.nn.functional.cross_entropy(ref(batch.x), batch.y)
+        ref_opt.zero_grad()
+        loss.backward()
+        ref_opt.step()
+        with torch.no_grad():
+            replaced = official_gnt_step(ref, st, feats, rate, m, eta)
+            for j, (r, (layer, _)) in enumerate(zip(replaced, hidden_pairs(cbp), strict=True)):
+                total += len(r)
+                ours = torch.nonzero(cbp.state["age"][j] == 0).flatten()
+                assert ours.sort().values.tolist() == r.sort().values.tolist()
+                ref[2 * j].weight[r] = layer.weight[r]  # the fresh draw (its law is tested above)
+        for p, q in zip(model.parameters(), ref.parameters(), strict=True):
+            torch.testing.assert_close(p, q, rtol=0, atol=1e-6)
+    assert total > 10
+    for p, q in zip(model.parameters(), ref.parameters(), strict=True):  # momentum survives
+        mom, ref_mom = ctx.optimizer.state[p], ref_opt.state[q]
+        torch.testing.assert_close(mom["momentum_buffer"], ref_mom["momentum_buffer"])
