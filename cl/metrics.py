@@ -135,9 +135,32 @@ def windowed_per_task(A: np.ndarray, exp: np.ndarray, w: int, kind: str) -> dict
     return out
 
 
+def wp_official_per_task(A: np.ndarray, exp: np.ndarray, w: int) -> dict[int, float]:
+    """WP^w as the stability-gap code computes it (`WindowedPlasticityPluginMetric`): it reuses
+    the forgetting loop, whose start points are only the running maxima of the window, so a
+    rise that starts from a dip is missed ([0.5, 0.2, 0.9]: 0.4, where `wp_{w}` gives 0.7)."""
+    S = seen_only(A, exp)
+    out = {}
+    for i in range(int(exp[-1]) + 1):
+        v = S[:, i][~np.isnan(S[:, i])].tolist()
+        best = 0.0
+        for b in range(1, len(v)):
+            win, top = v[max(0, b - w + 1) : b + 1], -math.inf
+            for a, first in enumerate(win):
+                if first >= top:  # the code's `if val < max_found_acc: continue`
+                    top = first
+                    best = max(best, *(x - first for x in win[a + 1 :]), 0.0)
+        out[i] = best
+    return out
+
+
 def windowed(A: np.ndarray, exp: np.ndarray, w: int, kind: str, tasks: str = "all") -> float:
-    """WF^w / WP^w averaged over all seen tasks (the code's form) or over old tasks only."""
-    per_task = windowed_per_task(A, exp, w, kind)
+    """WF^w / WP^w averaged over all seen tasks (the code's form) or over old tasks only;
+    kind="plasticity_official": WP^w as the stability-gap code computes it."""
+    if kind == "plasticity_official":
+        per_task = wp_official_per_task(A, exp, w)
+    else:
+        per_task = windowed_per_task(A, exp, w, kind)
     if tasks == "old":
         per_task = {i: v for i, v in per_task.items() if i < int(exp[-1])}
     return float(np.mean(list(per_task.values()))) if per_task else math.nan
@@ -295,6 +318,7 @@ def summarize(
     for w in windows:
         out[f"wf_{w}"] = windowed(A, exp, w, "forgetting")
         out[f"wp_{w}"] = windowed(A, exp, w, "plasticity")
+        out[f"wp_official_{w}"] = windowed(A, exp, w, "plasticity_official")
     return {k: _finite(v) for k, v in out.items()}
 
 

@@ -131,6 +131,39 @@ def test_windowed_forgetting_and_plasticity_code_semantics():
     assert metrics.windowed(SEQ, EXP, 3, "plasticity") == pytest.approx(0.466667, abs=1e-6)
 
 
+def official_wp(record, w):
+    """Mattdl/ContinualEvaluation's WindowedPlasticityPluginMetric, restated: a window of the
+    last w accuracies, max_consec_delta_from_window with its running-maximum early exit."""
+    best, window = 0.0, []
+    for val in record:
+        window = (window + [val])[-w:]
+        delta, top = -math.inf, -math.inf
+        for idx, first in enumerate(window):
+            if first < top:
+                continue
+            top = first
+            for other in window[idx + 1 :]:
+                delta = max(delta, other - first)
+        best = max(best, delta) if len(window) > 1 else best
+    return best
+
+
+def test_wp_official_misses_a_rise_from_a_dip_as_the_official_code_does():
+    A, exp = np.array([[0.5], [0.2], [0.9]]), np.zeros(3, dtype=int)
+    assert metrics.windowed(A, exp, 3, "plasticity") == pytest.approx(0.7)
+    assert metrics.windowed(A, exp, 3, "plasticity_official") == pytest.approx(0.4)
+    assert official_wp([0.5, 0.2, 0.9], 3) == pytest.approx(0.4)
+    assert metrics.summarize(A, exp, np.arange(3), 1, windows=(3,))["wp_official_3"] == (
+        pytest.approx(0.4)
+    )
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        rec = rng.random(int(rng.integers(2, 30)))
+        for w in (2, 3, 10):
+            ours = metrics.windowed(rec[:, None], np.zeros(len(rec), int), w, "plasticity_official")
+            assert ours == pytest.approx(official_wp(list(rec), w), abs=1e-12)
+
+
 def test_windows_are_counted_in_evaluations_and_floor_at_zero():
     exp = np.zeros(5, dtype=int)
     rising = np.array([[0.1], [0.2], [0.3], [0.4], [0.5]])
