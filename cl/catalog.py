@@ -40,13 +40,42 @@ SOURCE_CLASSES = {name: 100 if name == "cifar100" else 10 for name in SOURCES}
 
 MODELS = {
     "mlp": Entry(
-        "multi-layer perceptron (model.hidden widths, activation, layer_norm)", "", "cl.models:MLP"
+        "multi-layer perceptron (model.hidden widths, activation, layer_norm; activation=hard_ash "
+        "with model.ash_z)",
+        "",
+        "cl.models:MLP",
     ),
     "cnn": Entry("small CNN: two conv blocks and a linear head", "", "cl.models:SmallCNN"),
     "resnet18": Entry(
         "reduced ResNet-18 (20 base channels) of the GEM and stability-gap papers",
         "Lopez-Paz & Ranzato, NeurIPS 2017",
         "cl.models:ReducedResNet18",
+    ),
+}
+
+# model.activation choices that come from a paper (the plain ones: relu, tanh, ...)
+ACTIVATIONS = {
+    "hard_ash": Entry(
+        "Hard ASH: per sample keep the units above mean + z*std of the layer (model.ash_z), "
+        "zero the rest",
+        "Keskinen, arXiv 2404.17651 (2024); ASH: Lee et al., NeurIPS 2022",
+        "cl.models:HardASH",
+    ),
+}
+
+OPTIMIZERS = {
+    "sgd": Entry("SGD with optim.momentum and optim.weight_decay", "", "torch.optim:SGD"),
+    "adam": Entry("Adam", "Kingma & Ba, ICLR 2015", "torch.optim:Adam"),
+    "adagrad": Entry(
+        "Adagrad (per-parameter step sizes from summed squared gradients)",
+        "Duchi, Hazan & Singer, JMLR 2011",
+        "torch.optim:Adagrad",
+    ),
+    "tag": Entry(
+        "TAG: base optimizer (optim.base=rmsprop|adam|adagrad) whose second moment is a "
+        "task-correlation weighted sum over tasks (optim.b)",
+        "Malviya, Ravindran & Chandar, CoLLAs 2022 (arXiv 2105.05155)",
+        "strategies.tag:TAG",
     ),
 }
 

@@ -130,8 +130,10 @@ def _parser() -> argparse.ArgumentParser:
         "Performance and Sample Efficiency",
     )
     lm.add_argument("-q", "--quiet", action="store_true", help="print nothing")
-    ls = sub.add_parser("list", help="list benchmarks, strategies, models or data sources")
-    ls.add_argument("what", choices=["benchmarks", "strategies", "models", "sources"])
+    ls = sub.add_parser(
+        "list", help="list benchmarks, strategies, models, optimizers or data sources"
+    )
+    ls.add_argument("what", choices=["benchmarks", "strategies", "models", "optimizers", "sources"])
     return p
 
 
@@ -145,7 +147,8 @@ def _list(what: str) -> None:
     table = {
         "benchmarks": catalog.BENCHMARKS,
         "strategies": catalog.STRATEGIES,
-        "models": catalog.MODELS,
+        "models": {**catalog.MODELS, **catalog.ACTIVATIONS},
+        "optimizers": catalog.OPTIMIZERS,
     }[what]
     width = max(16, *map(len, table))
     for name, entry in table.items():

@@ -11,6 +11,7 @@ act only through their hooks.
 
 from __future__ import annotations
 
+import importlib
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -18,6 +19,7 @@ from dataclasses import dataclass, field
 import torch
 from torch.nn import functional as F
 
+from cl.catalog import OPTIMIZERS
 from cl.context import Batch, Context
 from cl.errors import RunFailed
 from cl.monitor import Monitor, Record
@@ -31,6 +33,12 @@ def make_optimizer(cfg: RunConfig, model: torch.nn.Module) -> torch.optim.Optimi
     o = cfg.optim
     if o.name == "adam":
         return torch.optim.Adam(model.parameters(), lr=o.lr, weight_decay=o.weight_decay)
+    if o.name == "adagrad":
+        return torch.optim.Adagrad(model.parameters(), lr=o.lr, weight_decay=o.weight_decay)
+    if o.name == "tag":  # a method's optimizer: loaded by name, like strategies (cl.catalog)
+        module, attr = OPTIMIZERS["tag"].target.split(":")
+        tag = getattr(importlib.import_module(module), attr)
+        return tag(model.parameters(), lr=o.lr, base=o.base, b=o.b)
     return torch.optim.SGD(
         model.parameters(), lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay
     )
@@ -43,8 +51,11 @@ def make_context(
     device: torch.device,
     generator: torch.Generator | None,
 ) -> Context:
-    """The run context for `model` on `stream`: optimizer from `cfg`, task masks if task-aware."""
-    return Context(
+    """The run context for `model` on `stream`: optimizer from `cfg`, task masks if task-aware.
+
+    A task-aware optimizer (TAG) gets the context through its `watch` method and reads the
+    experience index from it at every step."""
+    ctx = Context(
         model=model,
         optimizer=make_optimizer(cfg, model),
         stream=stream,
@@ -52,6 +63,9 @@ def make_context(
         generator=generator,
         class_mask=stream.class_mask(device) if stream.task_incremental else None,
     )
+    if hasattr(ctx.optimizer, "watch"):
+        ctx.optimizer.watch(ctx)
+    return ctx
 
 
 def forward(model: torch.nn.Module, x: torch.Tensor):
@@ -178,7 +192,15 @@ def run_stream(
         for s in strategies:
             s.after_experience(ctx)
         # the experience's last row comes after its end-of-task changes (e.g. WA's alignment)
-        log(monitor.row(ctx, epochs - 1, boundary=True))
+        row = monitor.row(ctx, epochs - 1, boundary=True)
+        row.update(
+            {
+                f"strategy/{s.name}/{k}": v
+                for s in strategies
+                for k, v in s.experience_metrics().items()
+            }
+        )
+        log(row)
         state.cursor = cur = Cursor(experience=cur.experience + 1)
         if safe_point is not None:
             safe_point(True)

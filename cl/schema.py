@@ -31,7 +31,8 @@ class BenchmarkConfig:
 class ModelConfig:
     name: str = "mlp"
     hidden: list[int] = field(default_factory=lambda: [400, 400])
-    activation: str = "relu"  # relu | tanh | leaky_relu | gelu | sigmoid
+    activation: str = "relu"  # relu | tanh | leaky_relu | gelu | sigmoid | hard_ash (mlp)
+    ash_z: float = 1.0  # hard_ash: keep units above mean + ash_z * std of the layer, per sample
     layer_norm: bool = False
     channels: list[int] = field(default_factory=lambda: [32, 64])  # cnn conv widths
     width: int = 20  # resnet18 base channels
@@ -39,10 +40,12 @@ class ModelConfig:
 
 @dataclass
 class OptimConfig:
-    name: str = "sgd"  # sgd | adam
+    name: str = "sgd"  # sgd | adam | adagrad | tag
     lr: float = 0.01
     momentum: float = 0.9
     weight_decay: float = 0.0
+    base: str = "rmsprop"  # tag: rmsprop | adam | adagrad
+    b: float = 5.0  # tag: alpha(t, tau) = exp(-b * cos(M^t, M^tau))
 
 
 @dataclass

@@ -86,6 +86,12 @@ class Strategy:
         """
         return {}
 
+    def experience_metrics(self) -> dict[str, float]:
+        """Statistics of the experience that just ended (e.g. WA's aligning factor), read once
+        after `after_experience` and logged as `strategy/<name>/<key>` in that experience's
+        last row (not part of the per-iteration means)."""
+        return {}
+
     def state_dict(self) -> dict[str, Any]:
         """Everything the strategy keeps, as tensors and plain data (for checkpoints)."""
         return {}

@@ -22,8 +22,9 @@ CHOICES = {
     "benchmark.source": tuple(SOURCES),
     "benchmark.incremental": ("class", "task"),
     "model.name": tuple(MODELS),
-    "model.activation": ("relu", "tanh", "leaky_relu", "gelu", "sigmoid"),
-    "optim.name": ("sgd", "adam"),
+    "model.activation": ("relu", "tanh", "leaky_relu", "gelu", "sigmoid", "hard_ash"),
+    "optim.name": ("sgd", "adam", "adagrad", "tag"),
+    "optim.base": ("rmsprop", "adam", "adagrad"),
     "metrics.transfer_normaliser": ("paper", "code"),
     "wandb.mode": ("offline", "online", "disabled"),
 }
@@ -51,6 +52,7 @@ FLOAT_RANGES = {
     "optim.lr": (0.0, math.inf, False, False, "> 0"),
     "optim.momentum": (0.0, 1.0, True, False, "in [0, 1)"),
     "optim.weight_decay": (0.0, math.inf, True, False, ">= 0"),
+    "optim.b": (0.0, math.inf, True, False, ">= 0"),
     "benchmark.test_fraction": (0.0, 1.0, False, False, "in (0, 1)"),
     "metrics.recovery_tolerance": (0.0, 1.0, True, True, "in [0, 1]"),
     "metrics.speed_target": (0.0, 1.0, False, True, "in (0, 1]"),
@@ -99,6 +101,10 @@ def validate(cfg: DictConfig) -> RunConfig:
         if not ((lo <= v if lo_in else lo < v) and (v <= hi if hi_in else v < hi)):
             raise UserError(f"{key}={v} must be {text}")
     _check_benchmark(cfg)
+    if cfg.optim.name == "tag" and cfg.optim.weight_decay:
+        raise UserError("optim=tag has no weight decay (as the paper's); set optim.weight_decay=0")
+    if m.activation == "hard_ash" and m.name != "mlp":
+        raise UserError(f"model.activation=hard_ash is for model=mlp, not model={m.name}")
     if m.name in ("cnn", "resnet18") and b.source == "mnist1d":
         raise UserError(
             f"model={m.name} needs image inputs; benchmark.source=mnist1d is 1-D: use model=mlp"

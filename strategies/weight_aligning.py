@@ -73,6 +73,7 @@ class WeightAligning(Strategy):
         self.lam, self.old_model = 0.0, None  # KD weight, frozen teacher of this experience
         self.teacher_weights: dict[str, torch.Tensor] | None = None  # loaded, not yet built
         self.x = self.y = self.task = None
+        self.gamma: float | None = None  # this experience's aligning factor (a statistic)
 
     @classmethod
     def check(cls, cfg) -> None:
@@ -137,13 +138,20 @@ class WeightAligning(Strategy):
     def after_experience(self, ctx: Context) -> None:
         new = [c for c in ctx.seen_classes if c not in self.old_classes]
         W = ctx.model.head.weight
-        if self.align and self.old_classes and new:
+        self.gamma = None
+        if self.old_classes and new:
             with torch.no_grad():
                 norms = W.norm(dim=1)
-                W[new] *= norms[self.old_classes].mean() / norms[new].mean()
+                gamma = norms[self.old_classes].mean() / norms[new].mean()
+                self.gamma = float(gamma)  # logged also with align=false: what it would be
+                if self.align:
+                    W[new] *= gamma
         if self.mem_size > 0:
             self.update_memory(ctx, new)
         self.old_classes = list(ctx.seen_classes)
+
+    def experience_metrics(self) -> dict[str, float]:
+        return {} if self.gamma is None else {"gamma": self.gamma}
 
     def update_memory(self, ctx: Context, new: list[int]) -> None:
         per_class = self.mem_size // len(ctx.seen_classes)
