@@ -66,6 +66,9 @@ ACTIVATIONS = {
 OPTIMIZERS = {
     "sgd": Entry("SGD with optim.momentum and optim.weight_decay", "", "torch.optim:SGD"),
     "adam": Entry("Adam", "Kingma & Ba, ICLR 2015", "torch.optim:Adam"),
+    "rmsprop": Entry(
+        "RMSProp (alpha 0.99, eps 1e-8)", "Hinton, lecture 6e (2012)", "torch.optim:RMSprop"
+    ),
     "adagrad": Entry(
         "Adagrad (per-parameter step sizes from summed squared gradients)",
         "Duchi, Hazan & Singer, JMLR 2011",

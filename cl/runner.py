@@ -33,6 +33,10 @@ def make_optimizer(cfg: RunConfig, model: torch.nn.Module) -> torch.optim.Optimi
     o = cfg.optim
     if o.name == "adam":
         return torch.optim.Adam(model.parameters(), lr=o.lr, weight_decay=o.weight_decay)
+    if o.name == "rmsprop":  # TAG's base: torch's RMSprop, alpha = beta2 = 0.99, eps 1e-8
+        return torch.optim.RMSprop(
+            model.parameters(), lr=o.lr, eps=1e-8, weight_decay=o.weight_decay
+        )
     if o.name == "adagrad":
         return torch.optim.Adagrad(model.parameters(), lr=o.lr, weight_decay=o.weight_decay)
     if o.name == "tag":  # a method's optimizer: loaded by name, like strategies (cl.catalog)

@@ -40,7 +40,7 @@ class ModelConfig:
 
 @dataclass
 class OptimConfig:
-    name: str = "sgd"  # sgd | adam | adagrad | tag
+    name: str = "sgd"  # sgd | adam | rmsprop | adagrad | tag
     lr: float = 0.01
     momentum: float = 0.9
     weight_decay: float = 0.0

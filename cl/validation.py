@@ -23,7 +23,7 @@ CHOICES = {
     "benchmark.incremental": ("class", "task"),
     "model.name": tuple(MODELS),
     "model.activation": ("relu", "tanh", "leaky_relu", "gelu", "sigmoid", "hard_ash"),
-    "optim.name": ("sgd", "adam", "adagrad", "tag"),
+    "optim.name": ("sgd", "adam", "rmsprop", "adagrad", "tag"),
     "optim.base": ("rmsprop", "adam", "adagrad"),
     "metrics.transfer_normaliser": ("paper", "code"),
     "wandb.mode": ("offline", "online", "disabled"),
