@@ -32,7 +32,7 @@ from cl.errors import UserError
 from cl.runner import Cursor, RunState
 from cl.version import __version__
 
-FORMAT = 1  # bump when the layout changes; older files are refused with a clear message
+FORMAT = 2  # bump when the layout changes; older files are refused with a clear message
 FILE = "checkpoint.pt"
 
 
