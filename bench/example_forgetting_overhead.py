@@ -5,8 +5,9 @@ Times cl's runner loop (`continual_eval.run_cl`: Split-MNIST mnist5k, MLP 784-40
 interleaved over `--repeats` rounds (which arm goes first alternates). Prints each arm's median
 wall and CPU (process) time and the medians of the per-round ratios on/off; on a shared machine
 the CPU-time ratio is the steadier one (the loop runs on one thread: run with
-OMP_NUM_THREADS=1). Also prints the time spent inside `Monitor._example_forgetting` (the
-trackers' updates and the row's keys) as a share of the loop: the direct cost, free of noise.
+OMP_NUM_THREADS=1). Also prints the time spent inside `ExampleForgetting.row` (its tracker in
+cl/trackers/: the per-set updates and the row's keys) as a share of the loop: the direct cost,
+free of noise.
 `--train-probe N` also times the optional training-sample probe (N samples per task).
 """
 
@@ -25,9 +26,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from continual_eval import OVERRIDES, run_cl  # noqa: E402
 
 from cl import config as config_mod  # noqa: E402
-from cl import monitor  # noqa: E402
 from cl.data import load_source  # noqa: E402
 from cl.streams import build_stream  # noqa: E402
+from cl.trackers.example_forgetting import ExampleForgetting  # noqa: E402
 
 GOAL = 1.03  # on / off, at most
 
@@ -47,7 +48,7 @@ def main() -> None:
     b = cfgs["off"].benchmark
     data = load_source(b.source, "data", True, b.test_fraction, b.split_seed)
     stream = build_stream(b, data, 0, cfgs["off"].eval.subset)
-    update, spent = monitor.Monitor._example_forgetting, [0.0]
+    update, spent = ExampleForgetting.row, [0.0]
 
     def timed_update(self, *a, **k):  # the tracker's own share of the loop
         start = time.perf_counter()
@@ -56,7 +57,7 @@ def main() -> None:
         finally:
             spent[0] += time.perf_counter() - start
 
-    monitor.Monitor._example_forgetting = timed_update
+    ExampleForgetting.row = timed_update
     wall: dict[str, list[float]] = {a: [] for a in arms}
     cpu: dict[str, list[float]] = {a: [] for a in arms}
     share = []

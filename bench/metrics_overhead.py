@@ -14,7 +14,9 @@ import tempfile
 from pathlib import Path
 
 import cl
-from cl import metrics, monitor
+from cl import metrics
+
+STREAMING = metrics.StreamingMetrics
 
 BASE = ["wandb.mode=disabled", "run.progress=false", "run.checkpoint=false"]
 
@@ -25,11 +27,11 @@ class NoWindows(metrics.StreamingMetrics):
 
 
 def timed(overrides: list[str], folder: Path, windows: bool = True) -> float:
-    monitor.metrics.StreamingMetrics = metrics.StreamingMetrics if windows else NoWindows
+    metrics.StreamingMetrics = STREAMING if windows else NoWindows
     try:
         run = cl.run(BASE + [f"run.dir={folder}"] + overrides, quiet=True)
     finally:
-        monitor.metrics.StreamingMetrics = metrics.StreamingMetrics
+        metrics.StreamingMetrics = STREAMING
     return run.summary["wall_time_s"]
 
 

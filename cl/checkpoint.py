@@ -1,11 +1,11 @@
 """Checkpoints: the whole run state to one file and back, and when to write one.
 
-A checkpoint holds the model, the optimizer, every strategy's `state_dict`, the monitor's
-record and streaming metrics, the cursor into the stream (experience, epoch, batch and that
-epoch's sample order), every RNG (the run's generator, torch's global and CUDA generators,
-Python's `random`, NumPy's), the number of rows logged and the W&B run id. It is made of
-tensors and plain data only, written atomically (temp file, fsync, rename) and read with
-`torch.load(weights_only=True)`, so loading a checkpoint can never run code.
+A checkpoint holds the model, the optimizer, every strategy's `state_dict`, every metric
+tracker's state (the monitor's, by tracker name), the cursor into the stream (experience,
+epoch, batch and that epoch's sample order), every RNG (the run's generator, torch's global
+and CUDA generators, Python's `random`, NumPy's), the number of rows logged and the W&B run
+id. It is made of tensors and plain data only, written atomically (temp file, fsync, rename)
+and read with `torch.load(weights_only=True)`, so loading a checkpoint can never run code.
 
 Checkpoints load device-independently: `load` reads every tensor onto the CPU, then
 `to_device` moves the model, strategy and monitor tensors to the run's device, except
@@ -32,7 +32,7 @@ from cl.errors import UserError
 from cl.runner import Cursor, RunState
 from cl.version import __version__
 
-FORMAT = 1  # bump when the layout changes; older files are refused with a clear message
+FORMAT = 2  # bump when the layout changes; older files are refused with a clear message
 FILE = "checkpoint.pt"
 
 

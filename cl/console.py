@@ -4,23 +4,7 @@ from __future__ import annotations
 
 import sys
 
-SUMMARY_KEYS = (
-    ("acc", "ACC (final average accuracy)"),
-    ("aaa", "AAA (average anytime accuracy)"),
-    ("bwt", "BWT (backward transfer)"),
-    ("fwt", "FWT (forward transfer)"),
-    ("forgetting", "forgetting (max-based)"),
-    ("min_acc", "min-ACC (stability gap)"),
-    ("wc_acc", "WC-ACC (worst-case accuracy)"),
-    ("wf_10", "WF^10 (windowed forgetting)"),
-    ("gap_depth", "gap depth (mean drop after a switch)"),
-    ("recovery_time", "recovery time (iterations)"),
-    ("online_acc", "online accuracy"),
-    ("dead_units", "dead units (fraction)"),
-    ("n_iterations", "training iterations"),
-    ("n_eval_rows", "evaluations logged"),
-    ("wall_time_s", "wall time (s)"),
-)
+from cl import metric_registry
 
 
 class Progress:
@@ -59,13 +43,22 @@ class Progress:
             self.bar.close()
 
 
+def summary_keys(summary: dict) -> list[tuple[str, str]]:
+    """(key, label) of the registry's console metrics present in `summary` (a pattern: its
+    first instance, e.g. wf_10 of wf_{w})."""
+    out = []
+    for m in metric_registry.shown("console"):
+        key = next((k for k in summary if m.match(k) is not None), None)
+        if key is not None:
+            out.append((key, metric_registry.label(key)))
+    return out
+
+
 def summary_table(summary: dict, title: str = "") -> str:
     lines = [title] if title else []
-    width = max(len(label) for _, label in SUMMARY_KEYS)
-    for key, label in SUMMARY_KEYS:
-        value = summary.get(key)
-        if value is None and key not in summary:
-            continue
+    width = max(len(m.label) for m in metric_registry.shown("console"))
+    for key, label in summary_keys(summary):
+        value = summary[key]
         text = (
             "n/a" if value is None else (f"{value:.4f}" if isinstance(value, float) else str(value))
         )

@@ -208,7 +208,7 @@ def test_monitor_averages_strategy_metrics_per_row_and_over_the_run():
     monitor.step(*one, {}, n=4)  # nothing to report: left out of the means
     monitor.step(*one, {"strategy/x/a": 0.0, "strategy/x/b": 2.0}, n=4)
     saved = monitor.state_dict()  # mid-row: the window survives a checkpoint
-    monitor.stats, monitor.stats_total = {}, {}
+    monitor.trackers["strategy"].load_state_dict({"window": {}, "total": {}})
     monitor.load_state_dict(saved)
     row = monitor.row(ctx, epoch=0, boundary=False)
     assert row["strategy/x/a"] == 0.5 and row["strategy/x/b"] == 2.0

@@ -14,6 +14,7 @@ import logging
 import math
 from pathlib import Path
 
+from cl import metric_registry
 from cl.errors import UserError
 from cl.store import SUMMARY_FILE, load_run, write_json
 
@@ -30,6 +31,17 @@ METRICS = (
     ("sample_efficiency", "sample efficiency (vs STE)"),
     ("avg_train_perf", "mean training performance"),
     ("avg_eval_perf", "mean evaluation performance"),
+)
+metric_registry.register(
+    *(
+        metric_registry.Metric(
+            f"l2m/{key}",
+            label,
+            f"L2M lifelong-learning metric (l2metrics): {label}",
+            paper="New et al., Lifelong Learning Metrics, arXiv 2201.08278",
+        )
+        for key, label in METRICS
+    )
 )
 SETTINGS = dict(  # MetricsReport options; the rest are l2metrics' defaults
     perf_measure="accuracy",

@@ -11,12 +11,13 @@ import warnings
 
 import numpy as np
 
+from cl import metric_registry
 from cl.metrics import accuracy_matrix, switch_effects
 from cl.report.collect import Report, RunView
 from cl.report.downsample import minmax
 
 POINTS = 2000  # per trace
-PLASTICITY = ("dead_units", "effective_rank", "weight_mag", "grad_norm")
+PLASTICITY = tuple(m.key.removeprefix("plasticity/") for m in metric_registry.shown("figure"))
 
 
 def _colour(i: int) -> str:

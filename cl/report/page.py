@@ -8,8 +8,6 @@ labels, and the data embedded in the page cannot close its <script> element.
 
 from __future__ import annotations
 
-import ast
-import functools
 import html
 import json
 import math
@@ -19,72 +17,19 @@ from typing import Any
 
 import yaml
 
+from cl import metric_registry
 from cl.report import figures
 from cl.report.collect import Report
 
-CL = Path(__file__).resolve().parent.parent
-# summary key -> (module file, function) whose docstring's first sentence defines it
-DEFINED_BY = {
-    "acc": ("metrics.py", "acc"),
-    "aaa": ("metrics.py", "aaa"),
-    "bwt": ("metrics.py", "bwt"),
-    "fwt": ("metrics.py", "fwt"),
-    "forgetting": ("metrics.py", "forgetting_per_task"),
-    "forgetting_initial_last": ("metrics.py", "forgetting_initial_last_per_task"),
-    "min_acc": ("metrics.py", "min_acc"),
-    "wc_acc": ("metrics.py", "wc_acc"),
-    "lca": ("metrics.py", "lca"),
-    "gap_depth": ("metrics.py", "switch_effects"),
-    "recovery_time": ("metrics.py", "switch_effects"),
-    "recovery_rate": ("metrics.py", "switch_effects"),
-    "learning_speed": ("metrics.py", "learning_speed"),
-    "nfr": ("metrics.py", "negative_flip_rate"),
-    "dead_units": ("plasticity.py", "dead_fraction"),
-    "effective_rank": ("plasticity.py", "effective_rank"),
-    "stable_rank": ("plasticity.py", "stable_rank"),
-    "srank_99": ("plasticity.py", "srank"),
-    "weight_mag": ("plasticity.py", "weight_magnitude"),
-    "grad_norm": ("plasticity.py", "gradient_norm"),
-}
-PLAIN = {
-    "online_acc": "mean prequential accuracy of the training batches, scored before each update",
-    "n_iterations": "training iterations done",
-    "n_eval_rows": "evaluation rows logged",
-    "wall_time_s": "wall time of the run's loop and outputs (this process)",
-}
-TABLE_METRICS = ("acc", "bwt", "forgetting", "min_acc", "wc_acc", "gap_depth", "online_acc")
-
-
-@functools.cache
-def _docstrings(module: str) -> dict[str, str]:
-    tree = ast.parse((CL / module).read_text())
-    return {
-        n.name: ast.get_docstring(n) or "" for n in ast.walk(tree) if isinstance(n, ast.FunctionDef)
-    }
+TABLE_METRICS = tuple(m.key for m in metric_registry.shown("report"))
 
 
 def definition(key: str) -> str:
-    """The one-line definition of summary key `key`, from its function's documentation."""
-    if key in PLAIN:
-        return PLAIN[key]
-    if key.startswith("l2m/"):
-        from cl.l2m import METRICS
+    """The one-line definition of summary key `key`, from the metric registry."""
+    from cl import l2m  # noqa: F401 - registers the l2m/* keys
 
-        label = dict(METRICS).get(key[4:], key[4:])
-        return f"L2M lifelong-learning metric (l2metrics): {label}"
-    if key.startswith(("wf_", "wp_")):
-        what = "forgetting" if key.startswith("wf") else "plasticity"
-        return f"windowed {what} over {key[3:]} evaluations: " + _first(
-            _docstrings("metrics.py").get("windowed_per_task", "")
-        )
-    module, fn = DEFINED_BY.get(key, ("", ""))
-    return _first(_docstrings(module).get(fn, "")) if module else ""
-
-
-def _first(doc: str) -> str:
-    text = " ".join(doc.split())
-    end = text.find(". ")
-    return text if end < 0 else text[: end + 1]
+    m = metric_registry.find(key)
+    return "; ".join(p for p in (m.definition, m.formula) if p) if m else ""
 
 
 def _fmt(v: Any) -> str:
@@ -104,7 +49,9 @@ def _summary_table(summary: dict) -> str:
     rows = [
         [f"<code>{html.escape(k)}</code>", _fmt(v), html.escape(definition(k))]
         for k, v in summary.items()
-        if isinstance(v, int | float) and not isinstance(v, bool) or (v is None and k in PLAIN)
+        if isinstance(v, int | float)
+        and not isinstance(v, bool)
+        or (v is None and k in TABLE_METRICS)
     ]
     return _table(["metric", "value", "definition (docs/metrics.md)"], rows)
 

@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from cl import config
+from cl import config, metric_registry
 from cl.errors import UserError
 from cl.interrupt import Interrupted, catch_stops
 from cl.sweep import folder as sweep_folder
@@ -27,12 +27,6 @@ from cl.sweep.spec import SWEEP_KEYS, Spec, from_overrides, from_wandb_file
 
 OWNED = ("run.dir", "run.name", "run.progress", "wandb.group", "wandb.job_type")
 RESUME_OPTIONS = ("workers", "threads", "executor", "address", "retries")
-METRICS = {
-    "acc", "aaa", "bwt", "fwt", "forgetting", "forgetting_initial_last", "min_acc", "wc_acc",
-    "lca", "gap_depth", "recovery_time", "recovery_rate", "online_acc", "learning_speed", "nfr",
-    "dead_units", "effective_rank", "stable_rank", "srank_99", "weight_mag", "grad_norm",
-    "n_iterations", "wall_time_s",
-}  # fmt: skip
 
 
 @dataclass
@@ -76,8 +70,10 @@ def check_options(o: Options) -> None:
             raise UserError(f"sweep.{key}={v!r} must be a positive integer")
     if not isinstance(o.retries, int) or o.retries < 0:
         raise UserError(f"sweep.retries={o.retries!r} must be an integer >= 0")
-    if o.metric not in METRICS and not o.metric.startswith(("wf_", "wp_")):
-        valid = ", ".join(sorted(METRICS))
+    metric = metric_registry.find(o.metric)
+    if metric is None or "objective" not in metric.shown_in:
+        objectives = metric_registry.shown("objective")
+        valid = ", ".join(sorted(m.key for m in objectives if not m.is_pattern))
         raise UserError(f"sweep.metric={o.metric!r}; valid: {valid}, wf_W, wp_W (W a window)")
     if o.name is not None and not config_name_ok(o.name):
         raise UserError(f"sweep.name={o.name!r} must be a folder name (letters, digits, _ . - +)")
@@ -175,7 +171,8 @@ def start_sweep(spec: Spec, options: Options, quiet: bool, reuse: bool = False) 
     existing folder of the same trials and common overrides is continued instead."""
     name = options.name or f"sweep-{time.strftime('%Y%m%d-%H%M%S')}"
     path = Path(options.dir).expanduser().resolve() / name
-    lower = options.metric in sweep_folder.LOWER_IS_BETTER
+    objective = metric_registry.find(options.metric)
+    lower = objective is not None and objective.lower_is_better
     swept = list(dict.fromkeys(k for t in spec.trials for k in t.values))
     data = {
         "name": name,

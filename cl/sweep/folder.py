@@ -14,6 +14,7 @@ from typing import Any
 
 import yaml
 
+from cl import metric_registry
 from cl.errors import UserError
 from cl.store import load_run
 
@@ -21,17 +22,6 @@ SPEC_FILE = "sweep.yaml"
 JOURNAL = "trials.jsonl"
 TRIALS_CSV = "trials.csv"
 AGGREGATE_CSV = "aggregate.csv"
-SHOWN = ("acc", "bwt", "forgetting", "min_acc", "wc_acc")  # the printed table's metrics
-LOWER_IS_BETTER = {
-    "forgetting",
-    "forgetting_initial_last",
-    "gap_depth",
-    "recovery_time",
-    "nfr",
-    "dead_units",
-    "wall_time_s",
-    "learning_speed",
-}
 
 
 def write_spec(folder: Path, spec: dict[str, Any]) -> None:
@@ -132,7 +122,8 @@ def tables(folder: Path, spec: dict[str, Any]):
 
 def table_text(aggregate, metric: str) -> str:
     """The aggregate as text: mean ± std over seeds of the main metrics and `metric`."""
-    shown = [*SHOWN, *([metric] if metric not in SHOWN else [])]
+    main = [m.key for m in metric_registry.shown("sweep")]
+    shown = [*main, *([metric] if metric not in main else [])]
     shown = [m for m in shown if f"{m}_mean" in aggregate]
     header = ["configuration", "n", *shown]
     lines = [header]

@@ -1,0 +1,45 @@
+"""The metric trackers: one per metric family, behind one protocol (`base.Tracker`), found by
+name in `FAMILIES` (name -> config section, factory). A new family is one new module and one
+line here; the monitor builds them in this order, which is the order of their row and summary
+keys."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from operator import attrgetter
+from typing import Any
+
+from cl.schema import RunConfig
+from cl.trackers import (
+    accuracy,
+    example_forgetting,
+    nfr,
+    online,
+    plasticity,
+    strategy_stats,
+    trainability,
+)
+from cl.trackers.base import Env, Evaluation, Step, Tracker
+
+# name -> (its config section, "" for none; factory(section, env) -> tracker, or None when off)
+FAMILIES: dict[str, tuple[str, Callable[[Any, Env], Tracker | None]]] = {
+    "accuracy": ("metrics", accuracy.make),
+    "online": ("metrics", online.make),
+    "nfr": ("", nfr.make),
+    "plasticity": ("plasticity", plasticity.make),
+    "strategy": ("", strategy_stats.make),
+    "example_forgetting": ("metrics.example_forgetting", example_forgetting.make),
+    "trainability": ("plasticity", trainability.make),
+}
+
+__all__ = ["FAMILIES", "Env", "Evaluation", "Step", "Tracker", "build"]
+
+
+def build(cfg: RunConfig, env: Env) -> dict[str, Tracker]:
+    """The run's trackers (those its config turns on), by name, in `FAMILIES` order."""
+    out = {}
+    for name, (section, make) in FAMILIES.items():
+        tracker = make(attrgetter(section)(cfg) if section else None, env)
+        if tracker is not None:
+            out[name] = tracker
+    return out
