@@ -250,6 +250,14 @@ register(
         lower=True,
         shown=("console", "objective"),
     ),
+    _m(  # before wp_{w}, whose pattern would also match it
+        "wp_official_{w}",
+        "WP^{w} as the official code computes it",
+        "as WP^w, but a rise starts only at a running maximum of the window (the official "
+        "code's forgetting loop): on [0.5, 0.2, 0.9] it gives 0.4 where WP^w gives 0.7",
+        "max over a that are running maxima, b ≤ a+w−1 of A(i, b) − A(i, a)",
+        SG + " (code: Mattdl/ContinualEvaluation)",
+    ),
     _m(
         "wp_{w}",
         "WP^{w} (windowed plasticity)",
