@@ -28,7 +28,7 @@ class Accuracy(Tracker):
         "sg/wc_acc", "sg/wf_{w}", "sg/wp_{w}", "acc", "aaa", "bwt", "fwt", "forgetting",
         "forgetting_per_task", "forgetting_initial_last", "forgetting_initial_last_per_task",
         "min_acc", "wc_acc", "lca", "gap_depth", "recovery_time", "recovery_rate",
-        "accuracy_matrix", "wf_{w}", "wp_{w}",
+        "accuracy_matrix", "wf_{w}", "wp_{w}", "wp_official_{w}",
     )  # fmt: skip
 
     def __init__(self, cfg: MetricsConfig, n_tasks: int):
