@@ -16,7 +16,7 @@ def bars(runs: dict, path: Path, arms=ARMS) -> None:
 
     fig, axes = plt.subplots(1, 2, figsize=(8, 3.4))
     for ax, key, label in zip(axes, ("acc", "bwt"), ("final ACC", "BWT"), strict=True):
-        for j, (arm, name) in enumerate(arms):
+        for j, (arm, _) in enumerate(arms):
             values = [r.summary.get(key, np.nan) for r in runs.get(arm, [])]
             ax.bar(j, np.mean(values), width=0.6, color=f"C{j}")
             ax.plot([j] * len(values), values, "k.", ms=4)
