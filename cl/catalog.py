@@ -142,4 +142,14 @@ STRATEGIES = {
         "Olpadkar & Gavas, arXiv 2110.11314; Wen et al., ECCV 2016",
         "strategies.center_loss:CenterLoss",
     ),
+    "bfp": Entry(
+        "backward feature projection: distil old features through a learnable linear map",
+        "Gu, Shim & Shkurti, CVPR 2023 (arXiv 2303.14595)",
+        "strategies.bfp:BFP",
+    ),
+    "rer": Entry(
+        "relational experience replay: a meta-learnt net weights new and replayed losses",
+        "Wang et al., arXiv 2112.15402",
+        "strategies.rer:RER",
+    ),
 }

@@ -36,6 +36,8 @@ class Context:
     device: torch.device
     experience: int = 0  # index of the experience being trained
     iteration: int = 0  # global training iterations done so far
+    epoch: int = 0  # epoch of the experience being trained (0-based)
+    epochs: int = 1  # epochs per experience (train.epochs)
     seen_classes: list[int] = field(default_factory=list)
     class_mask: torch.Tensor | None = None  # (n_tasks, n_classes) in task-incremental streams
     generator: torch.Generator | None = None  # the run's training RNG (sampling, shuffling)

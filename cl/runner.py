@@ -65,6 +65,7 @@ def make_context(
         stream=stream,
         device=device,
         generator=generator,
+        epochs=cfg.train.epochs,
         class_mask=stream.class_mask(device) if stream.task_incremental else None,
     )
     if hasattr(ctx.optimizer, "watch"):
@@ -176,6 +177,7 @@ def run_stream(
             if cur.order is None:
                 cur.order = torch.randperm(len(y), generator=ctx.generator).to(y.device)
             batches = cur.order.split(bs)
+            ctx.epoch = cur.epoch
             while cur.batch < n_batches:
                 idx = batches[cur.batch]
                 batch = Batch(x[idx], y[idx], task[idx], len(idx))

@@ -41,6 +41,7 @@ SMALL = {  # memories that fit the tiny stream
     "agem": ["strategy.agem.patterns_per_exp=32", "strategy.agem.sample_size=16"],
     "weight_aligning": ["strategy.weight_aligning.mem_size=60"],
     "replay": ["strategy.replay.mem_size=60"],
+    "rer": ["strategy.rer.mem_size=60"],
 }
 # (label, strategy, extra overrides, signal): every strategy, compositions, every signal
 CASES = [(name, name, SMALL.get(name, []), "KILL") for name in STRATEGIES]
@@ -55,6 +56,14 @@ CASES += [
         "TERM",
     ),
     ("l2_init+cbp", "[l2_init,cbp]", [], "KILL"),
+    # the old model, projector and its momentum; the meta-net, its Adam state, the warm start
+    ("replay+bfp", "[replay,bfp]", SMALL["replay"], "KILL"),
+    (
+        "rer-warm",
+        "rer",
+        [*SMALL["rer"], "strategy.rer.warm_start=0", "strategy.rer.meta_every=2"],
+        "KILL",
+    ),
     ("reservoir", "replay", ["strategy.replay.buffer=reservoir"], "KILL"),
     ("wa-sigterm", "weight_aligning", SMALL["weight_aligning"], "TERM"),
     ("gem-ctrl-c", "gem", SMALL["gem"], "INT"),
