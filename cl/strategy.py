@@ -19,6 +19,7 @@ from cl.errors import UserError
 from cl.signatures import Arg, NotFinite, convert, parameters, type_name
 
 if TYPE_CHECKING:
+    from cl.evaluation import InferenceHook
     from cl.schema import RunConfig
 
 
@@ -74,6 +75,21 @@ class Strategy:
     def after_experience(self, ctx: Context) -> None:
         """Called at the end of each experience (e.g. memory update)."""
 
+    def eval_logits(
+        self, ctx: Context, x: torch.Tensor, logits: torch.Tensor, features: torch.Tensor | None
+    ) -> torch.Tensor:
+        """Inference hook: the scores the evaluator ranks for the inputs `x` (one chunk of the
+        evaluation samples), from the model's `logits` and penultimate `features` of the same
+        forward (None for a model without `features`/`head`); default: `logits` unchanged.
+
+        Called under `inference_mode` with the model in eval mode, before the task mask, by
+        cl's evaluator (`cl.evaluation`) and, for Avalanche strategies, in the same place by
+        the bridge. Only strategies that override it cost anything: without one the evaluator
+        runs the plain `model(x)`. Online accuracy on the training batch is not affected: it
+        stays the training forward's.
+        """
+        return logits
+
     def metrics(self) -> dict[str, float]:
         """Statistics of the iteration just trained (e.g. how a projection changed the gradient).
 
@@ -91,6 +107,21 @@ class Strategy:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Take a `state_dict`. On resume its tensors are on the run's device already, except
         generator states (uint8 tensors, kept on the CPU as torch's `set_state` wants them)."""
+
+
+def inference_hook(strategies: list[Strategy], ctx: Context) -> InferenceHook | None:
+    """The strategies' `eval_logits` in list order, bound to `ctx`, as the evaluator's hook;
+    None when none overrides it (then the evaluator does no extra work)."""
+    active = [s for s in strategies if type(s).eval_logits is not Strategy.eval_logits]
+    if not active:
+        return None
+
+    def hook(x: torch.Tensor, logits: torch.Tensor, features: torch.Tensor | None):
+        for s in active:
+            logits = s.eval_logits(ctx, x, logits, features)
+        return logits
+
+    return hook
 
 
 def strategy_class(name: str) -> type[Strategy]:
