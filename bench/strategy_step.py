@@ -100,11 +100,9 @@ def time_cl(stream, k, arm, steps, warmup):
     elif arm != "naive":
         s = GEM(MEM, 0.5) if arm == "gem" else AGEM(MEM, 64 if arm == "agem64" else 256)
         mem = memories(stream, k)
-        s.x, s.y = torch.cat([x for x, _ in mem]), torch.cat([y for _, y in mem])
-        if isinstance(s, GEM):
-            s.sizes, s.task = [len(y) for _, y in mem], list(range(k - 1))
-        else:
-            s.task = torch.cat([torch.full_like(y, t) for t, (_, y) in enumerate(mem)])
+        m = s.memory
+        m.x, m.y = torch.cat([x for x, _ in mem]), torch.cat([y for _, y in mem])
+        m.task = torch.cat([torch.full_like(y, t) for t, (_, y) in enumerate(mem)])
         strategies = [s]
     e = stream.experiences[k - 1]
     times = []

@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
+from cl.models import forward
 from cl.streams import Stream
+
+# (inputs, logits, penultimate features or None) -> the scores to rank (see Strategy.eval_logits)
+InferenceHook = Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor]
 
 
 def per_sample_ce(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -23,6 +29,11 @@ class Evaluator:
     prefix: one forward over that prefix (in chunks of `batch_size`, under `inference_mode`,
     with the model in eval mode), then per-task sums by `index_add_`. `samples` (per task,
     (x, y)) replaces the evaluation subsets, e.g. by a probe of training samples.
+
+    `hook` (an `InferenceHook`, set by whoever drives training: the runner from the
+    strategies' `eval_logits`, the Avalanche bridge from its plugins' `after_eval_forward`)
+    turns each chunk's logits into the scores to rank; the forward is then split into
+    `features` and `head` (same arithmetic) so the hook gets both. Without it: `model(x)`.
     """
 
     def __init__(
@@ -43,6 +54,7 @@ class Evaluator:
         self.sizes = sizes.to(device=device, dtype=torch.float64)
         self.mask = stream.class_mask(device) if stream.task_incremental else None
         self.batch_size = batch_size
+        self.hook: InferenceHook | None = None
 
     @property
     def n_tasks(self) -> int:
@@ -60,7 +72,10 @@ class Evaluator:
                 hits = []
                 for start in range(0, end, self.batch_size):
                     sl = slice(start, min(end, start + self.batch_size))
-                    out = model(self.x[sl])
+                    if self.hook is None:
+                        out = model(self.x[sl])
+                    else:
+                        out = self.hook(self.x[sl], *forward(model, self.x[sl]))
                     task = self.task[sl]
                     if self.mask is not None:
                         out = out.masked_fill(~self.mask[task], float("-inf"))

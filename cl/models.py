@@ -60,6 +60,14 @@ ACTIVATIONS = {
 }
 
 
+def forward(model: nn.Module, x: torch.Tensor):
+    """(logits, penultimate features); features are None for models without `features`/`head`."""
+    if hasattr(model, "features") and hasattr(model, "head"):
+        features = model.features(x)
+        return model.head(features), features
+    return model(x), None
+
+
 class MLP(nn.Module):
     """Fully connected network: flatten, [Linear, (LayerNorm), activation] * len(hidden), head."""
 

@@ -22,10 +22,11 @@ from torch.nn import functional as F
 from cl.catalog import OPTIMIZERS
 from cl.context import Batch, Context
 from cl.errors import RunFailed
+from cl.models import forward
 from cl.monitor import Monitor, Record
 from cl.plasticity import gradient_norm
 from cl.schema import RunConfig
-from cl.strategy import Strategy
+from cl.strategy import Strategy, inference_hook
 from cl.streams import Stream
 
 
@@ -71,14 +72,6 @@ def make_context(
     if hasattr(ctx.optimizer, "watch"):
         ctx.optimizer.watch(ctx)
     return ctx
-
-
-def forward(model: torch.nn.Module, x: torch.Tensor):
-    """(logits, penultimate features); features are None for models without `features`/`head`."""
-    if hasattr(model, "features") and hasattr(model, "head"):
-        features = model.features(x)
-        return model.head(features), features
-    return model(x), None
 
 
 def train_step(ctx: Context, strategies: list[Strategy], batch: Batch, grad_norm: bool = False):
@@ -155,6 +148,7 @@ def run_stream(
     """
     cfg, ctx, strategies, monitor = state.cfg, state.ctx, state.strategies, state.monitor
     bs, epochs, cur = cfg.train.batch_size, cfg.train.epochs, state.cursor
+    monitor.evaluator.hook = inference_hook(strategies, ctx)  # the strategies' `eval_logits`
     if not monitor.record.iteration:
         log(monitor.row(ctx, epoch=0, boundary=True))  # before any training: b for FWT
     while cur.experience < ctx.stream.n_tasks:

@@ -1,17 +1,14 @@
 """The strategy contract: the hooks the runner calls, and building strategies by name.
 
 A strategy's config keys are its constructor's arguments: `options` reads them (types and
-defaults) from the signature, `check_options` validates and converts user values against it
-and runs the constructor's own range checks, so every mistake is found before any work.
+defaults) from the signature (`cl.signatures`, shared with the Avalanche add-on),
+`check_options` validates and converts user values against it and runs the constructor's own
+range checks, so every mistake is found before any work.
 """
 
 from __future__ import annotations
 
 import importlib
-import inspect
-import math
-import types
-import typing
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -19,8 +16,10 @@ import torch
 from cl.catalog import STRATEGIES
 from cl.context import Batch, Context
 from cl.errors import UserError
+from cl.signatures import Arg, NotFinite, convert, parameters, type_name
 
 if TYPE_CHECKING:
+    from cl.evaluation import InferenceHook
     from cl.schema import RunConfig
 
 
@@ -76,6 +75,21 @@ class Strategy:
     def after_experience(self, ctx: Context) -> None:
         """Called at the end of each experience (e.g. memory update)."""
 
+    def eval_logits(
+        self, ctx: Context, x: torch.Tensor, logits: torch.Tensor, features: torch.Tensor | None
+    ) -> torch.Tensor:
+        """Inference hook: the scores the evaluator ranks for the inputs `x` (one chunk of the
+        evaluation samples), from the model's `logits` and penultimate `features` of the same
+        forward (None for a model without `features`/`head`); default: `logits` unchanged.
+
+        Called under `inference_mode` with the model in eval mode, before the task mask, by
+        cl's evaluator (`cl.evaluation`) and, for Avalanche strategies, in the same place by
+        the bridge. Only strategies that override it cost anything: without one the evaluator
+        runs the plain `model(x)`. Online accuracy on the training batch is not affected: it
+        stays the training forward's.
+        """
+        return logits
+
     def metrics(self) -> dict[str, float]:
         """Statistics of the iteration just trained (e.g. how a projection changed the gradient).
 
@@ -101,50 +115,30 @@ class Strategy:
         generator states (uint8 tensors, kept on the CPU as torch's `set_state` wants them)."""
 
 
+def inference_hook(strategies: list[Strategy], ctx: Context) -> InferenceHook | None:
+    """The strategies' `eval_logits` in list order, bound to `ctx`, as the evaluator's hook;
+    None when none overrides it (then the evaluator does no extra work)."""
+    active = [s for s in strategies if type(s).eval_logits is not Strategy.eval_logits]
+    if not active:
+        return None
+
+    def hook(x: torch.Tensor, logits: torch.Tensor, features: torch.Tensor | None):
+        for s in active:
+            logits = s.eval_logits(ctx, x, logits, features)
+        return logits
+
+    return hook
+
+
 def strategy_class(name: str) -> type[Strategy]:
     """The class registered under `name` in the catalog."""
     module, attr = STRATEGIES[name].target.split(":")
     return getattr(importlib.import_module(module), attr)
 
 
-def options(name: str) -> dict[str, tuple[Any, Any]]:
-    """{option: (type hint, default)} from the constructor of strategy `name`."""
-    init = strategy_class(name).__init__
-    hints = typing.get_type_hints(init)
-    return {
-        key: (hints.get(key, Any), p.default)
-        for key, p in inspect.signature(init).parameters.items()
-        if key != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
-    }
-
-
-def _type_name(hint: Any) -> str:
-    names = [getattr(t, "__name__", str(t)) for t in typing.get_args(hint) or (hint,)]
-    return " or ".join("null" if n == "NoneType" else n for n in names)
-
-
-def _convert(value: Any, hint: Any) -> Any:
-    """`value` as type `hint` (int -> float allowed, bool never a number); raises TypeError."""
-    union = isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union
-    allowed = typing.get_args(hint) if union else (hint,)
-    if hint is Any:
-        return value
-    if value is None:
-        if type(None) in allowed:
-            return None
-        raise TypeError("null")
-    for t in allowed:
-        if t is bool and isinstance(value, bool):
-            return value
-        if t is int and isinstance(value, int) and not isinstance(value, bool):
-            return value
-        if t is float and isinstance(value, int | float) and not isinstance(value, bool):
-            if not math.isfinite(value):
-                raise ValueError("a finite number")
-            return float(value)
-        if t is str and isinstance(value, str):
-            return value
-    raise TypeError(type(value).__name__)
+def options(name: str) -> dict[str, Arg]:
+    """{option: Arg (type hint, default)} from the constructor of strategy `name`."""
+    return parameters(strategy_class(name))
 
 
 def check_options(name: str, args: dict[str, Any]) -> dict[str, Any]:
@@ -159,16 +153,16 @@ def check_options(name: str, args: dict[str, Any]) -> dict[str, Any]:
         if key not in declared:
             valid = ", ".join(declared) or "(this strategy has no options)"
             raise UserError(f"unknown key 'strategy.{name}.{key}'; valid keys: {valid}")
-        hint = declared[key][0]
+        hint = declared[key].hint
         try:
-            out[key] = _convert(value, hint)
-        except TypeError as e:
-            shown = "null" if value is None else repr(value)
+            out[key] = convert(value, hint)
+        except NotFinite:
+            raise UserError(f"strategy.{name}.{key}={value!r} must be a finite number") from None
+        except TypeError:
+            shown, kind = ("null", "null") if value is None else (repr(value), type(value).__name__)
             raise UserError(
-                f"strategy.{name}.{key}={shown} has type {e}; expected {_type_name(hint)}"
+                f"strategy.{name}.{key}={shown} has type {kind}; expected {type_name(hint)}"
             ) from None
-        except ValueError as e:
-            raise UserError(f"strategy.{name}.{key}={value!r} must be {e}") from None
     try:
         strategy_class(name)(**out)
     except (TypeError, ValueError) as e:

@@ -13,6 +13,7 @@ from torch.nn import functional as F
 
 from cl.context import Context
 from cl.strategy import Strategy
+from strategies.memory import ExperienceMemory
 
 
 def project(g: torch.Tensor, g_ref: torch.Tensor) -> torch.Tensor:
@@ -74,9 +75,7 @@ class AGEM(Strategy):
             raise ValueError(f"sample_size must be a positive integer, got {sample_size}")
         self.patterns_per_exp = patterns_per_exp
         self.sample_size = sample_size
-        self.x: torch.Tensor | None = None
-        self.y: torch.Tensor | None = None
-        self.task: torch.Tensor | None = None
+        self.memory = ExperienceMemory(patterns_per_exp)  # its own, unless shared
         self.shared = False  # reference samples from a preceding replay (set in `setup`)
         self.stats: dict[str, float] = {}
 
@@ -88,11 +87,11 @@ class AGEM(Strategy):
         if self.shared:
             r = ctx.replayed
             return None if r is None else (r.x, r.y, r.task)
-        if self.y is None:
+        m = self.memory
+        if len(m) == 0:
             return None
-        n = len(self.y)
-        idx = torch.randperm(n, generator=ctx.generator)[: self.sample_size].to(self.y.device)
-        return self.x.index_select(0, idx), self.y[idx], self.task[idx]
+        idx = torch.randperm(len(m), generator=ctx.generator)[: self.sample_size].to(m.y.device)
+        return m.x.index_select(0, idx), m.y[idx], m.task[idx]
 
     def reference_grads(self, ctx: Context, ref=None) -> list[torch.Tensor]:
         """g_ref on `ref` = (x, y, task) (default: `reference_batch`), one tensor per parameter
@@ -124,17 +123,11 @@ class AGEM(Strategy):
         return self.stats
 
     def after_experience(self, ctx: Context) -> None:
-        if self.shared:
-            return
-        e = ctx.stream.experiences[ctx.experience]
-        idx = torch.randperm(len(e.y), generator=ctx.generator)[: self.patterns_per_exp]
-        idx = idx.to(e.y.device)
-        x, y, t = e.x[idx], e.y[idx], torch.full((len(idx),), e.index, device=e.y.device)
-        cat = lambda a, b: b.clone() if a is None else torch.cat([a, b])  # noqa: E731
-        self.x, self.y, self.task = cat(self.x, x), cat(self.y, y), cat(self.task, t)
+        if not self.shared:
+            self.memory.add_experience(ctx.stream.experiences[ctx.experience], ctx.generator)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"x": self.x, "y": self.y, "task": self.task}
+        return self.memory.state_dict()
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.x, self.y, self.task = state["x"], state["y"], state["task"]
+        self.memory.load_state_dict(state)

@@ -11,6 +11,7 @@ from torch import nn
 
 from cl.context import Context
 from cl.strategy import Strategy
+from strategies.rng import RngStream
 
 NORMS = (nn.LayerNorm, nn.GroupNorm, nn.BatchNorm1d, nn.BatchNorm2d)
 ACTS = (nn.ReLU, nn.Tanh, nn.LeakyReLU, nn.GELU, nn.Sigmoid, nn.ELU, nn.SiLU)
@@ -75,6 +76,7 @@ class ContinualBackprop(Strategy):
         self.bias_transfer, self.reset_momentum = bias_transfer, reset_momentum
         self.layers: list[tuple[nn.Module, nn.Module, list]] = []  # (layer, next, norms)
         self.state: dict[str, Any] | None = None
+        self.rng = RngStream()  # fresh incoming weights
 
     @classmethod
     def check(cls, cfg) -> None:
@@ -99,11 +101,9 @@ class ContinualBackprop(Strategy):
         self.acts = [None] * len(self.layers)
         if self.state is None:
             z = [layer.weight.new_zeros(len(layer.weight)) for layer, _, _ in self.layers]
-            seed = int(torch.randint(2**62, (1,), generator=ctx.generator))
-            rng = torch.Generator().manual_seed(seed).get_state()
             self.state = dict(util=z, mean=[t.clone() for t in z], age=[t.clone() for t in z])
-            self.state.update(acc=[0.0] * len(z), rng=rng)
-        self.gen = torch.Generator().set_state(self.state["rng"])
+            self.state.update(acc=[0.0] * len(z))
+        self.rng.setup(ctx)
 
     def _capture(self, j: int, module: nn.Module, inputs, output: torch.Tensor) -> None:
         if module.training:  # not the evaluator's forwards
@@ -143,7 +143,7 @@ class ContinualBackprop(Strategy):
     def _replace(self, ctx, layer, nxt, norms, r, w_out) -> None:
         fan_in = layer.weight[0].numel()
         bound = 1 / math.sqrt(fan_in) if self.init == "default" else math.sqrt(6 / fan_in)
-        fresh = torch.rand((len(r), *layer.weight.shape[1:]), generator=self.gen)
+        fresh = torch.rand((len(r), *layer.weight.shape[1:]), generator=self.rng.gen)
         layer.weight[r] = ((2 * fresh - 1) * bound).to(layer.weight)
         w_out[:, r, :] = 0
         rows = [p for p in (layer.weight, layer.bias) if p is not None]
@@ -165,11 +165,8 @@ class ContinualBackprop(Strategy):
                 v.view(v.shape[0], len(layer.weight), -1)[:, r, :] = 0
 
     def state_dict(self) -> dict[str, Any]:
-        if self.state is not None and hasattr(self, "gen"):
-            self.state["rng"] = self.gen.get_state()
-        return self.state or {}
+        return {**self.state, "rng": self.rng.state_dict()} if self.state is not None else {}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.state = state
-        if hasattr(self, "gen"):
-            self.gen.set_state(state["rng"])
+        self.state = {k: v for k, v in state.items() if k != "rng"}
+        self.rng.load_state_dict(state["rng"])

@@ -13,7 +13,7 @@ import torch
 
 from cl.context import Context
 from cl.strategy import Strategy
-from strategies.memory import by_task
+from strategies.memory import ExperienceMemory, by_task
 from strategies.task_grads import task_gradients
 
 
@@ -95,25 +95,19 @@ class GEM(Strategy):
         self.sample_size = sample_size
         self.shared = False  # past tasks from a preceding replay's memory (set in `setup`)
         self.stats: dict[str, float] = {}
-        self.x: torch.Tensor | None = None  # all memories, task after task
-        self.y: torch.Tensor | None = None
-        self.sizes: list[int] = []  # memories per past task
-        self.task: list[int] = []  # experience index of each past task
+        self.memory = ExperienceMemory(patterns_per_exp)  # its own, unless shared
 
     def setup(self, ctx: Context) -> None:
         self.shared = ctx.memory is not None
 
     def memories(self, ctx: Context):
         """(x, y, sizes, tasks): the past tasks' memories back to back; None if there are none."""
-        if self.shared:  # a reservoir also holds the current task: only tasks before it
-            m = ctx.memory
-            if len(m) == 0:
-                return None
-            return by_task(m.x, m.y, m.task, self.sample_size, ctx.generator, ctx.experience)
-        if not self.sizes or self.sample_size is None:
-            return (self.x, self.y, self.sizes, self.task) if self.sizes else None
-        t = torch.repeat_interleave(torch.tensor(self.task), torch.tensor(self.sizes))
-        return by_task(self.x, self.y, t.to(self.y.device), self.sample_size, ctx.generator)
+        m = ctx.memory if self.shared else self.memory
+        if len(m) == 0:
+            return None
+        # a reservoir also holds the current task: only tasks before it
+        before = ctx.experience if self.shared else None
+        return by_task(m.x, m.y, m.task, self.sample_size, ctx.generator, before)
 
     def memory_grads(self, ctx: Context, mem=None) -> list[torch.Tensor]:
         """Per parameter, (past tasks, *shape): row k = grad of task k's mean memory loss."""
@@ -158,20 +152,11 @@ class GEM(Strategy):
         return self.stats
 
     def after_experience(self, ctx: Context) -> None:
-        if self.shared:
-            return
-        e = ctx.stream.experiences[ctx.experience]
-        idx = torch.randperm(len(e.y), generator=ctx.generator)[: self.patterns_per_exp]
-        idx = idx.to(e.y.device)
-        x, y = e.x[idx], e.y[idx]
-        self.x = x.clone() if self.x is None else torch.cat([self.x, x])
-        self.y = y.clone() if self.y is None else torch.cat([self.y, y])
-        self.sizes.append(len(idx))
-        self.task.append(e.index)
+        if not self.shared:
+            self.memory.add_experience(ctx.stream.experiences[ctx.experience], ctx.generator)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"x": self.x, "y": self.y, "sizes": list(self.sizes), "task": list(self.task)}
+        return self.memory.state_dict()
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.x, self.y = state["x"], state["y"]
-        self.sizes, self.task = list(state["sizes"]), list(state["task"])
+        self.memory.load_state_dict(state)

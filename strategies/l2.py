@@ -6,10 +6,10 @@ from __future__ import annotations
 import torch
 
 from cl.context import Batch, Context
-from cl.strategy import Strategy
+from strategies.penalty import ParameterPenalty
 
 
-class L2(Strategy):
+class L2(ParameterPenalty):
     """L = L_task + lam/2 * ||theta||_2^2 over every trainable parameter (biases included).
 
     As a loss term its gradient lam * theta equals SGD's `weight_decay=lam` (coupled: it goes
@@ -20,13 +20,7 @@ class L2(Strategy):
     name = "l2"
 
     def __init__(self, lam: float = 1e-4):
-        if lam < 0:
-            raise ValueError(f"lam must be >= 0, got {lam}")
-        self.lam = lam
-        self.params: list[torch.Tensor] = []
-
-    def setup(self, ctx: Context) -> None:
-        self.params = [p for p in ctx.model.parameters() if p.requires_grad]
+        super().__init__(lam)
 
     def loss(self, ctx: Context, batch: Batch, output: torch.Tensor) -> torch.Tensor:
         return 0.5 * self.lam * sum(p.pow(2).sum() for p in self.params)

@@ -58,6 +58,18 @@ class Memory:
         self.x, self.y, self.task = state["x"], state["y"], state["task"]
 
 
+class ExperienceMemory(Memory):
+    """`max_size` random samples of every experience, stored experience after experience
+    (GEM's and A-GEM's own memory)."""
+
+    def add_experience(self, e, generator: torch.Generator | None = None) -> None:
+        """Keep `max_size` random samples of experience `e` (all of them if it has fewer)."""
+        idx = torch.randperm(len(e.y), generator=generator)[: self.max_size].to(e.y.device)
+        t = torch.full((len(idx),), e.index, device=e.y.device)
+        cat = lambda a, b: b.clone() if a is None else torch.cat([a, b])  # noqa: E731
+        self.x, self.y, self.task = cat(self.x, e.x[idx]), cat(self.y, e.y[idx]), cat(self.task, t)
+
+
 class ClassBalancedMemory(Memory):
     """Equal share of `max_size` per class seen so far (adaptive), updated per experience.
 

@@ -2,7 +2,9 @@
 
 Chaudhry et al., "On Tiny Episodic Memories in Continual Learning" (2019, arXiv 1902.10486);
 loss weighting of De Lange, van de Ven & Tuytelaars, "Continual evaluation for lifelong
-learning: identifying the stability gap" (ICLR 2023), `src/methods/replay.py` of their code.
+learning: identifying the stability gap" (ICLR 2023), `src/methods/replay.py` of their code;
+nearest-class-mean classifier of Rebuffi, Kolesnikov, Sperl & Lampert, "iCaRL: Incremental
+Classifier and Representation Learning" (CVPR 2017, arXiv 1611.07725).
 """
 
 from __future__ import annotations
@@ -10,12 +12,31 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+from torch.nn import functional as F
 
 from cl.context import Batch, Context
 from cl.strategy import Strategy
 from strategies.memory import ClassBalancedMemory, ReservoirMemory
 
 BUFFERS = ("class_balanced", "reservoir")
+CLASSIFIERS = ("linear", "ncm")
+FAR = 4.0  # distance given to classes without memory samples: beyond any real one (<= 2)
+
+
+def nearest_mean_scores(
+    features: torch.Tensor, mem_features: torch.Tensor, mem_y: torch.Tensor, n_classes: int
+) -> torch.Tensor:
+    """-||f(x) - mu_c||, per sample and class, on L2-normalised features (iCaRL's rule):
+    mu_c = the re-normalised mean of class c's normalised memory features; `FAR` for classes
+    with no memory sample. The nearest mean has the highest score."""
+    f = F.normalize(features.flatten(1), dim=1)
+    m = F.normalize(mem_features.flatten(1), dim=1)
+    sums = m.new_zeros(n_classes, m.shape[1]).index_add_(0, mem_y, m)
+    present = torch.bincount(mem_y, minlength=n_classes) > 0
+    means = F.normalize(sums[present], dim=1)
+    scores = f.new_full((len(f), n_classes), -FAR)
+    scores[:, present] = -torch.cdist(f, means)
+    return scores
 
 
 class Replay(Strategy):
@@ -31,6 +52,14 @@ class Replay(Strategy):
     Perspectives to Continual Learning", arXiv 2311.04898). While the memory is empty only
     the new samples count.
 
+    Classifier (evaluation only): `linear`, the model's head; or `ncm`, iCaRL's nearest class
+    mean: the class means of the memory's L2-normalised penultimate features, computed with
+    the model being evaluated at every evaluation (so nothing to save: a resumed run
+    recomputes them), and each sample goes to the nearest mean (`nearest_mean_scores`; the
+    logged eval loss is the CE of these negated distances). While the memory is empty the
+    head decides; classes not in the memory (the current task until its end, with a
+    class-balanced memory) are never predicted. Training and online accuracy use the head.
+
     Sharing: `setup` puts the memory in `ctx.memory`, and every batch puts the replayed
     samples in `ctx.replayed`, so strategies after replay in the list (GEM, A-GEM) take their
     reference gradients on this memory instead of keeping their own.
@@ -44,6 +73,7 @@ class Replay(Strategy):
         mem_batch_size: int | None = None,
         buffer: str = "class_balanced",
         new_weight: float | str | None = 0.3,
+        classifier: str = "linear",
     ):
         if mem_size <= 0:
             raise ValueError(f"mem_size must be a positive integer, got {mem_size}")
@@ -57,6 +87,11 @@ class Replay(Strategy):
             raise ValueError(f"new_weight must be a number, '1/k' or null, got {new_weight!r}")
         if isinstance(new_weight, int | float) and not 0.0 < new_weight <= 1.0:
             raise ValueError(f"new_weight must be in (0, 1], '1/k' or null, got {new_weight}")
+        if classifier not in CLASSIFIERS:
+            raise ValueError(
+                f"classifier must be one of {', '.join(CLASSIFIERS)}, got {classifier!r}"
+            )
+        self.classifier = classifier
         self.mem_batch_size = mem_batch_size
         self.new_weight = new_weight
         self.memory = (ClassBalancedMemory if buffer == "class_balanced" else ReservoirMemory)(
@@ -97,6 +132,14 @@ class Replay(Strategy):
         if isinstance(self.memory, ClassBalancedMemory):
             e = ctx.stream.experiences[ctx.experience]
             self.memory.update(e.x, e.y, torch.full_like(e.y, e.index), ctx.generator)
+
+    def eval_logits(
+        self, ctx: Context, x: torch.Tensor, logits: torch.Tensor, features: torch.Tensor | None
+    ) -> torch.Tensor:
+        if self.classifier == "linear" or len(self.memory) == 0 or features is None:
+            return logits
+        m = self.memory
+        return nearest_mean_scores(features, ctx.model.features(m.x), m.y, logits.shape[1])
 
     def state_dict(self) -> dict[str, Any]:
         return {"memory": self.memory.state_dict()}

@@ -7,13 +7,13 @@ per-step form of Dohare et al., "Loss of plasticity in deep continual learning",
 
 from __future__ import annotations
 
-import hashlib
 from typing import Any
 
 import torch
 
 from cl.context import Context
 from cl.strategy import Strategy
+from strategies.rng import RngStream
 
 
 class ShrinkPerturb(Strategy):
@@ -24,7 +24,8 @@ class ShrinkPerturb(Strategy):
     with lr the parameter group's current learning rate. This is the LoP code's form (shrink
     by SGD weight decay, then Gaussian noise), with the shrink applied decoupled from momentum;
     Ash & Adams shrink and perturb once per new data chunk instead. Noise comes from a
-    generator seeded from the run's generator; its state is saved in the state dict.
+    private stream on the run's device (`RngStream`), saved in the state dict; resumed on
+    another device type, it is reseeded from the saved state.
     """
 
     name = "shrink_perturb"
@@ -35,20 +36,10 @@ class ShrinkPerturb(Strategy):
         if noise_std < 0:
             raise ValueError(f"noise_std must be >= 0, got {noise_std}")
         self.weight_decay, self.noise_std = weight_decay, noise_std
-        self.rng: torch.Tensor | None = None
+        self.rng = RngStream()
 
     def setup(self, ctx: Context) -> None:
-        if self.rng is None:
-            seed = int(torch.randint(2**62, (1,), generator=ctx.generator))
-            self.rng = torch.Generator(ctx.device).manual_seed(seed).get_state()
-        self.gen = torch.Generator(ctx.device)
-        self._set_state(self.rng)
-
-    def _set_state(self, state: torch.Tensor) -> None:
-        try:
-            self.gen.set_state(state)
-        except RuntimeError:  # a state from another device type (a run resumed on a new device)
-            self.gen.manual_seed(derived_seed(state))
+        self.rng.setup(ctx, ctx.device)
 
     @torch.no_grad()
     def after_step(self, ctx: Context) -> None:
@@ -59,19 +50,11 @@ class ShrinkPerturb(Strategy):
                     continue
                 p.mul_(shrink)
                 if self.noise_std > 0:
-                    noise = torch.randn(p.shape, generator=self.gen, device=p.device)
+                    noise = torch.randn(p.shape, generator=self.rng.gen, device=p.device)
                     p.add_(noise.to(p.dtype), alpha=self.noise_std)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"rng": self.gen.get_state() if hasattr(self, "gen") else self.rng}
+        return {"rng": self.rng.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.rng = state["rng"]
-        if hasattr(self, "gen"):
-            self._set_state(self.rng)
-
-
-def derived_seed(state: torch.Tensor) -> int:
-    """A seed drawn from a generator state: CPU (Mersenne twister) and CUDA (Philox) states
-    differ in kind, so a run resumed on the other device type reseeds from the saved state."""
-    return int.from_bytes(hashlib.sha256(state.numpy().tobytes()).digest()[:8], "little")
+        self.rng.load_state_dict(state["rng"])

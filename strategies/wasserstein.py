@@ -7,13 +7,11 @@ Regularization", arXiv 2406.06811 v1; introduced in Lewandowski, Tanaka, Schuurm
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 import torch
 
 from cl.context import Batch, Context
-from cl.strategy import Strategy
+from strategies.penalty import ParameterPenalty
 
 
 def _argsort(x: torch.Tensor) -> torch.Tensor:
@@ -23,7 +21,7 @@ def _argsort(x: torch.Tensor) -> torch.Tensor:
     return x.argsort()
 
 
-class Wasserstein(Strategy):
+class Wasserstein(ParameterPenalty):
     """Penalise the squared 1-D 2-Wasserstein distance of each parameter tensor to its init.
 
         R_W(theta) = sum_l sum_i ( sort(theta_l)_i - sort(theta_l^(0))_i )^2,
@@ -38,18 +36,13 @@ class Wasserstein(Strategy):
     """
 
     name = "wasserstein"
+    anchored = True
 
     def __init__(self, lam: float = 1e-3):
-        if lam < 0:
-            raise ValueError(f"lam must be >= 0, got {lam}")
-        self.lam = lam
-        self.params: list[torch.Tensor] = []
-        self.init: list[torch.Tensor] | None = None
+        super().__init__(lam)
 
-    def setup(self, ctx: Context) -> None:
-        self.params = [p for p in ctx.model.parameters() if p.requires_grad]
-        if self.init is None:
-            self.init = [p.detach().flatten().sort().values for p in self.params]
+    def anchor(self, p: torch.Tensor) -> torch.Tensor:
+        return p.detach().flatten().sort().values
 
     def loss(self, ctx: Context, batch: Batch, output: torch.Tensor) -> torch.Tensor:
         total = 0.0
@@ -59,9 +52,3 @@ class Wasserstein(Strategy):
                 target = torch.empty_like(p0).scatter_(0, _argsort(flat), p0)
             total = total + (flat - target).pow(2).sum()
         return self.lam * total
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"init": list(self.init or [])}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.init = [t.clone() for t in state["init"]]

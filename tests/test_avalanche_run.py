@@ -250,14 +250,16 @@ def test_evaluation_applies_bics_bias_correction_and_follows_gdumbs_new_model():
     bic = ["strategy.avalanche.BiC.stage_2_epochs=5", "strategy.avalanche.BiC.lr=0.5"]
     state = _state(["strategy=avalanche.BiC", *bic])
     bridge.run_stream(state, lambda row: None)
-    view = state.monitor.evaluator.view
-    assert [type(p).__name__ for p in view.hooks] == ["BiCPlugin"]
+    hook = state.monitor.evaluator.hook  # the evaluator's inference hook: the plugins' hooks
+    assert [type(p).__name__ for p in hook.plugins] == ["BiCPlugin"]
     x = state.ctx.stream.experiences[0].eval_x[:50]
     with torch.no_grad():
-        assert not torch.allclose(view(x), state.ctx.model(x))
+        logits = state.ctx.model(x)
+        assert not torch.allclose(hook(x, logits, None), logits)
+        assert torch.equal(hook(x, logits, None), hook.plugins[0].bias_forward(logits))
 
     state = _state(["strategy=avalanche.GDumb", "strategy.avalanche.GDumb.mem_size=50"])
     first = state.ctx.model
     bridge.run_stream(state, lambda row: None)
     assert state.ctx.model is not first  # GDumb trains a fresh copy at every experience
-    assert state.monitor.evaluator.view.strategy[0].model is state.ctx.model
+    assert state.monitor.evaluator.hook is None  # no `after_eval_forward`: plain model(x)

@@ -106,7 +106,7 @@ def test_shrink_perturb_takes_a_generator_state_from_another_device_type():
         s = ShrinkPerturb()
         s.load_state_dict({"rng": state})
         s.setup(ctx)
-        return torch.randn(4, generator=s.gen)
+        return torch.randn(4, generator=s.rng.gen)
 
     cpu_state = torch.Generator().manual_seed(3).get_state()
     exact = torch.randn(4, generator=torch.Generator().set_state(cpu_state))

@@ -77,11 +77,11 @@ def test_gem_margin_is_a_lower_bound_on_the_dual_variables(seed):
 
 
 def memories(gem, n_tasks, n=32, seed=0, sizes=None):
-    gen = torch.Generator().manual_seed(seed)
-    gem.sizes = list(sizes or [n] * n_tasks)
-    gem.x = torch.rand(sum(gem.sizes), 1, 5, 5, generator=gen)
-    gem.y = torch.randint(6, (len(gem.x),), generator=gen)
-    gem.task = list(range(n_tasks))
+    gen, m = torch.Generator().manual_seed(seed), gem.memory
+    sizes = torch.tensor(sizes or [n] * n_tasks)
+    m.x = torch.rand(int(sizes.sum()), 1, 5, 5, generator=gen)
+    m.y = torch.randint(6, (len(m.x),), generator=gen)
+    m.task = torch.repeat_interleave(torch.arange(n_tasks), sizes)
 
 
 class Ctx:
@@ -109,15 +109,15 @@ def test_gem_memory_gradients_are_per_task_mean_loss_gradients(task_incremental,
         mask = torch.zeros(3, 6, dtype=torch.bool)
         for k in range(3):
             mask[k, 2 * k : 2 * k + 2] = True
-        gem.y = 2 * task + gem.y % 2  # labels inside each task's classes
+        gem.memory.y = 2 * task + gem.memory.y % 2  # labels inside each task's classes
     G = rows(gem.memory_grads(Ctx(model, mask)))
     assert G.shape == (3, sum(p.numel() for p in model.parameters()))
     for k in range(3):  # reference: .backward() of task k's mean loss, masked to its classes
         model.zero_grad()
-        out = model(gem.x[task == k])
+        out = model(gem.memory.x[task == k])
         if mask is not None:
             out = out.masked_fill(~mask[k], float("-inf"))
-        torch.nn.functional.cross_entropy(out, gem.y[task == k]).backward()
+        torch.nn.functional.cross_entropy(out, gem.memory.y[task == k]).backward()
         assert torch.allclose(G[k], flat_grad(model), atol=1e-6)
     if mask is not None:  # task k's gradient reaches only its own head rows
         w = model.head.weight.numel()
@@ -155,7 +155,8 @@ def test_gem_state_dict_round_trip():
     a, b = GEM(), GEM()
     memories(a, 2)
     b.load_state_dict(a.state_dict())
-    assert b.task == [0, 1] and b.sizes == [32, 32] and torch.equal(a.x, b.x)
+    _, _, sizes, tasks = b.memories(Ctx(None))
+    assert tasks == [0, 1] and sizes == [32, 32] and torch.equal(a.memory.x, b.memory.x)
 
 
 def test_agem_closed_form_projection():
@@ -167,10 +168,11 @@ def test_agem_closed_form_projection():
 
 def test_agem_state_dict_round_trip():
     a = AGEM(patterns_per_exp=5)
-    a.x, a.y, a.task = torch.rand(10, 3), torch.arange(10), torch.zeros(10, dtype=torch.long)
+    m = a.memory
+    m.x, m.y, m.task = torch.rand(10, 3), torch.arange(10), torch.zeros(10, dtype=torch.long)
     b = AGEM()
     b.load_state_dict(a.state_dict())
-    assert torch.equal(a.x, b.x) and torch.equal(a.y, b.y)
+    assert torch.equal(m.x, b.memory.x) and torch.equal(m.y, b.memory.y)
 
 
 PMNIST = [
@@ -214,7 +216,8 @@ def test_gem_memory_gradients_of_a_reused_layer():
     for k in range(2):
         model.zero_grad()
         sl = slice(16 * k, 16 * k + 16)
-        torch.nn.functional.cross_entropy(model(gem.x[sl]), gem.y[sl]).backward()
+        loss = torch.nn.functional.cross_entropy(model(gem.memory.x[sl]), gem.memory.y[sl])
+        loss.backward()
         assert torch.allclose(G[k], flat_grad(model), atol=1e-6)
 
 
@@ -225,11 +228,11 @@ def test_agem_reference_batch_is_drawn_without_replacement():
     torch.manual_seed(0)
     model = MLP(25, [16], 6)
     agem = AGEM(sample_size=64)
-    agem.x, agem.y = torch.rand(40, 1, 5, 5), torch.randint(6, (40,))
-    agem.task = torch.zeros(40, dtype=torch.long)
+    m = agem.memory
+    m.x, m.y, m.task = torch.rand(40, 1, 5, 5), torch.randint(6, (40,)), torch.zeros(40).long()
     ctx = Ctx(model)
     ctx.generator = torch.Generator().manual_seed(0)
     refs = agem.reference_grads(ctx)
     model.zero_grad()
-    torch.nn.functional.cross_entropy(model(agem.x), agem.y).backward()
+    torch.nn.functional.cross_entropy(model(m.x), m.y).backward()
     assert torch.allclose(torch.cat([r.flatten() for r in refs]), flat_grad(model), atol=1e-6)

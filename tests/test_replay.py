@@ -1,12 +1,19 @@
-"""Replay buffers and the replay strategy's batch and loss weighting."""
+"""Replay buffers, the replay strategy's batch and loss weighting, its NCM classifier."""
 
 import pytest
 import torch
 from torch.nn import functional as F
 
-from cl.context import Batch
+from cl.context import Batch, Context
+from cl.data import load_source
+from cl.evaluation import Evaluator
+from cl.models import MLP
+from cl.schema import BenchmarkConfig
+from cl.strategy import inference_hook
+from cl.streams import build_stream
 from strategies.memory import ClassBalancedMemory, ReservoirMemory
-from strategies.replay import Replay
+from strategies.naive import Naive
+from strategies.replay import FAR, Replay
 
 
 def data(classes, per_class=50, dim=3):
@@ -89,3 +96,57 @@ def test_replay_rejects_bad_options():
         Replay(buffer="fifo")
     with pytest.raises(ValueError, match="new_weight"):
         Replay(new_weight=1.5)
+
+
+class TwoD(torch.nn.Module):
+    """features(x) = x (2-D), so class means can be worked out by hand."""
+
+    def __init__(self):
+        super().__init__()
+        self.head = torch.nn.Linear(2, 3)
+
+    def features(self, x):
+        return x
+
+    def forward(self, x):
+        return self.head(x)
+
+
+def test_ncm_hook_ranks_classes_by_distance_to_the_memory_class_means():
+    replay = Replay(mem_size=10, classifier="ncm")
+    m = replay.memory  # class 0 at (2, 0) and (0, 1): normalised mean (1, 1)/sqrt 2; class 2
+    m.x, m.y = torch.tensor([[2.0, 0.0], [0.0, 1.0], [0.0, -3.0]]), torch.tensor([0, 0, 2])
+    m.task = torch.zeros(3, dtype=torch.long)  # at (0, -1); class 1 has no sample
+    ctx = Context(TwoD(), None, None, torch.device("cpu"))
+    hook = inference_hook([Replay(), replay], ctx)  # linear replay leaves the logits alone
+    x = torch.tensor([[1.0, 1.0], [1.0, -5.0]])
+    scores = hook(x, torch.zeros(2, 3), x)
+    f, mu0, mu2 = F.normalize(x), torch.tensor([0.5, 0.5]).sqrt(), torch.tensor([0.0, -1.0])
+    want = torch.stack([-(f - mu0).norm(dim=1), torch.full((2,), -FAR), -(f - mu2).norm(dim=1)])
+    assert torch.allclose(scores, want.T, atol=1e-6)
+    assert scores.argsort(1, descending=True).tolist() == [[0, 2, 1], [2, 0, 1]]
+    assert inference_hook([Naive()], ctx) is None  # no override: the evaluator's plain path
+    empty = Replay(classifier="ncm")
+    logits = torch.randn(2, 3)
+    assert inference_hook([empty], ctx)(x, logits, x) is logits  # empty memory: the head
+
+
+def test_evaluator_scores_the_nearest_class_mean_of_replays_memory():
+    stream = build_stream(BenchmarkConfig(n_tasks=5), load_source("digits"), 0, 200)
+    torch.manual_seed(0)
+    model = MLP(64, [16], 10)
+    replay = Replay(mem_size=40, classifier="ncm")
+    for e in stream.experiences[:3]:
+        replay.memory.update(e.x, e.y, torch.full_like(e.y, e.index), torch.Generator())
+    ev = Evaluator(stream, "cpu", batch_size=97)
+    linear = ev(model, 3)
+    ev.hook = inference_hook([replay], Context(model, None, stream, torch.device("cpu")))
+    accs, _, hits = ev(model, 3)
+    with torch.no_grad():  # by hand: per sample, the class of the nearest normalised mean
+        f = F.normalize(model.features(ev.x[: len(hits)]))
+        m = F.normalize(model.features(replay.memory.x))
+        classes = replay.memory.y.unique()
+        means = F.normalize(torch.stack([m[replay.memory.y == c].mean(0) for c in classes]))
+        pred = classes[torch.cdist(f, means).argmin(1)]
+    assert torch.equal(hits, pred == ev.y[: len(hits)])
+    assert accs != linear[0] and model.training  # a different classifier; train mode restored

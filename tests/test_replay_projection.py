@@ -172,7 +172,7 @@ def test_projection_uses_the_replay_memory(name):
     extra = ["strategy.gem.sample_size=8"] if name == "gem" else []
     state, replay, proj, steps, rows_ = traced(f"[replay,{name}]", extra)
     assert proj.shared and state.ctx.memory is replay.memory
-    assert proj.x is None  # no memory of its own
+    assert len(proj.memory) == 0  # no memory of its own
     assert steps and {e for *_, e in steps} == {1, 2}  # from the first task with a memory on
     for ref, hits, slack, _, experience in steps:
         assert hits.all()  # every reference sample is a sample of replay's memory
@@ -196,7 +196,7 @@ def test_projection_before_replay_keeps_its_own_memory():
     state = api.build_state(cfg)
     run_stream(state, lambda row: None)
     agem, replay = state.strategies
-    assert not agem.shared and len(agem.y) == 30  # its own memory, 10 per experience
+    assert not agem.shared and len(agem.memory) == 30  # its own memory, 10 per experience
 
 
 def test_monitor_averages_strategy_metrics_per_row_and_over_the_run():

@@ -65,6 +65,8 @@ CASES += [
         "KILL",
     ),
     ("reservoir", "replay", ["strategy.replay.buffer=reservoir"], "KILL"),
+    # the NCM classifier's class means, recomputed from the memory after the resume
+    ("replay-ncm", "[replay,agem]", [*SMALL["replay"], "strategy.replay.classifier=ncm"], "KILL"),
     ("wa-sigterm", "weight_aligning", SMALL["weight_aligning"], "TERM"),
     ("gem-ctrl-c", "gem", SMALL["gem"], "INT"),
     ("center-double-ctrl-c", "center_loss", ["eval.every=3"], "INT2"),

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from cl.avalanche import signatures
+from cl import signatures
 from cl.errors import UserError
 
 # Classic benchmarks whose data are torchvision-style files under `dataset_root`.

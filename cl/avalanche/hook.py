@@ -10,8 +10,9 @@ strategy such as DER puts its memory first); the gradient norm when the plastici
 due (before GEM/AGEM project it if the plugin is first in the list); a row after every
 `eval.every` iterations; and one boundary row over all tasks at every experience end, after
 every plugin's end-of-experience work (BiC's bias layer). Evaluation is cl's evaluator (one
-batched `inference_mode` forward over fixed tensors) on `EvalView`: the strategy's current
-model (GDumb replaces it) followed by the plugins' `after_eval_forward` hooks, i.e. what
+batched `inference_mode` forward over fixed tensors) on the strategy's current model (GDumb
+replaces it), with the plugins' `after_eval_forward` hooks as the evaluator's inference hook
+(`plugin_hook`, the same mechanism as native strategies' `eval_logits`), i.e. what
 Avalanche's own evaluation would score.
 """
 
@@ -28,48 +29,37 @@ from cl.monitor import Monitor
 from cl.plasticity import gradient_norm
 
 
-class EvalView(nn.Module):
-    """The strategy's current model, followed by its plugins' `after_eval_forward` hooks."""
+class PluginHook:
+    """An Avalanche strategy's inference hook for cl's evaluator (`InferenceHook`): its
+    `plugins`' `after_eval_forward` (e.g. BiC's bias layers) applied to each chunk's logits,
+    as Avalanche's own evaluation applies them. The model is `ctx.model`, the strategy's
+    current one (GDumb replaces it), set before every row."""
 
-    def __init__(self, strategy, unwrap: Callable[[nn.Module], nn.Module]):
-        super().__init__()
-        self.strategy, self.unwrap = [strategy], unwrap  # a list: not a registered submodule
-        self.hooks = [
-            p
-            for p in strategy.plugins
-            if getattr(type(p), "after_eval_forward", None)
-            not in (None, BaseSGDPlugin.after_eval_forward)
-            and not isinstance(p, type(strategy.evaluator))
-        ]
+    def __init__(self, strategy, plugins: list):
+        self.strategy, self.plugins = strategy, plugins
 
-    def train(self, mode: bool = True):
-        self.training = mode
-        self.unwrap(self.strategy[0].model).train(mode)
-        return self
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        s = self.strategy[0]
-        out = self.unwrap(s.model)(x)
-        if self.hooks:
-            saved = s.mb_output
-            s.mb_output = out
-            for p in self.hooks:
+    def __call__(self, x: torch.Tensor, logits: torch.Tensor, features: torch.Tensor | None):
+        s = self.strategy
+        saved, s.mb_output = s.mb_output, logits
+        try:
+            for p in self.plugins:
                 p.after_eval_forward(s)
-            out, s.mb_output = s.mb_output, saved
-        return out
+            return s.mb_output
+        finally:
+            s.mb_output = saved
 
 
-class ViewEvaluator:
-    """cl's evaluator, scoring the strategy's eval view instead of the model it is given."""
-
-    def __init__(self, evaluator, view: nn.Module):
-        self.evaluator, self.view = evaluator, view
-
-    def __getattr__(self, name):
-        return getattr(self.evaluator, name)
-
-    def __call__(self, model: nn.Module, n: int):
-        return self.evaluator(self.view, n)
+def plugin_hook(strategy) -> PluginHook | None:
+    """The strategy's `PluginHook`; None when no plugin has an `after_eval_forward` (then the
+    evaluator runs the plain `model(x)`)."""
+    plugins = [
+        p
+        for p in strategy.plugins
+        if getattr(type(p), "after_eval_forward", None)
+        not in (None, BaseSGDPlugin.after_eval_forward)
+        and not isinstance(p, type(strategy.evaluator))
+    ]
+    return PluginHook(strategy, plugins) if plugins else None
 
 
 def new_samples(strategy, y0: torch.Tensor, samples: int) -> slice:
@@ -122,9 +112,7 @@ class MonitorPlugin(SupervisedPlugin):
 
     def before_training(self, strategy, **kwargs) -> None:
         self.ctx.model = self.unwrap(strategy.model)
-        if not isinstance(self.monitor.evaluator, ViewEvaluator):
-            view = EvalView(strategy, self.unwrap)
-            self.monitor.evaluator = ViewEvaluator(self.monitor.evaluator, view)
+        self.monitor.evaluator.hook = plugin_hook(strategy)
         if not self.monitor.record.iteration:  # before any training: b for FWT
             self.log(self.monitor.row(self.ctx, epoch=0, boundary=True))
 

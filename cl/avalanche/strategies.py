@@ -17,8 +17,8 @@ import typing
 import warnings
 from typing import Any
 
-from cl.avalanche.signatures import Arg, convert, parameters, type_name
 from cl.errors import UserError
+from cl.signatures import Arg, convert, parameters, type_name
 
 PREFIX = "avalanche."
 KEY = "avalanche"  # the config tree's key under `strategy`

@@ -1,5 +1,6 @@
 """Constructor signatures as config options: which arguments take config values, their
 types and defaults, and converting a config value to a declared type. No torch, no avalanche.
+Used by cl's strategy options (`cl.strategy`) and by the Avalanche add-on alike.
 """
 
 from __future__ import annotations
@@ -12,6 +13,11 @@ import typing
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
+
+
+class NotFinite(TypeError):
+    """A NaN or infinite value for a float; a TypeError, so callers that only tell right from
+    wrong types need not know it."""
 
 
 @dataclass(frozen=True)
@@ -87,17 +93,21 @@ def type_name(hint: Any) -> str:
 
 
 def convert(value: Any, hint: Any) -> Any:
-    """`value` as type `hint` (int -> float allowed, bool never a number); raises TypeError."""
+    """`value` as type `hint` (int -> float allowed, bool never a number); raises TypeError
+    (NotFinite for a NaN or infinite float)."""
     origin, args = typing.get_origin(hint), typing.get_args(hint)
     if hint is Any:
         return value
     if origin in (typing.Union, types.UnionType):
+        finite = None
         for a in args:
             try:
                 return convert(value, a)
+            except NotFinite as e:
+                finite = e
             except TypeError:
                 pass
-        raise TypeError(value)
+        raise finite or TypeError(value)
     if origin is typing.Literal:
         if value in args:
             return value
@@ -114,7 +124,9 @@ def convert(value: Any, hint: Any) -> Any:
         raise TypeError(value)
     if hint is int and isinstance(value, int):
         return value
-    if hint is float and isinstance(value, int | float) and math.isfinite(value):
+    if hint is float and isinstance(value, int | float):
+        if not math.isfinite(value):
+            raise NotFinite(value)
         return float(value)
     if hint is str and isinstance(value, str):
         return value
