@@ -36,6 +36,12 @@ OPTIONS: dict[str, tuple[type | tuple[type, ...], str]] = {
     "additional_parameters": (dict, "more #SBATCH options, e.g. {constraint: a100}"),
     "setup": (list, "shell lines run before the trial, e.g. ['module load cuda']"),
 }
+TYPE_NAMES = {
+    "time_min": "an integer", "cpus_per_trial": "an integer", "mem_gb": "a number",
+    "gpus_per_trial": "an integer", "array_parallelism": "an integer",
+    "additional_parameters": "a mapping ({key: value})", "setup": "a list of strings",
+}  # fmt: skip
+TYPE_NAMES |= {k: "a string" for k in OPTIONS if k not in TYPE_NAMES}
 POSITIVE = ("time_min", "cpus_per_trial", "mem_gb", "array_parallelism")
 STOPPED = ("TIMEOUT", "PREEMPTED", "NODE_FAIL", "BOOT_FAIL", "DEADLINE")  # resume these
 LIVE = ("PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "REQUEUED", "RESIZING", "SUSPENDED")
@@ -54,8 +60,7 @@ def check_options(options: dict[str, Any]) -> None:
         if value is None:
             continue
         if not isinstance(value, kind) or isinstance(value, bool):
-            names = " or ".join(t.__name__ for t in (kind if isinstance(kind, tuple) else (kind,)))
-            raise UserError(f"sweep.slurm.{key}={value!r} must be a {names}: {what}")
+            raise UserError(f"sweep.slurm.{key}={value!r} must be {TYPE_NAMES[key]}: {what}")
         if key in POSITIVE and value <= 0:
             raise UserError(f"sweep.slurm.{key}={value!r} must be positive: {what}")
     gpus = options.get("gpus_per_trial") or 0
@@ -209,7 +214,7 @@ class SlurmPool:
                 handles = [self.executor.submit(slurm_trial, job) for job in jobs]
         else:
             handles = [self.executor.submit(slurm_trial, job) for job in jobs]
-        for job, handle in zip(jobs, handles):
+        for job, handle in zip(jobs, handles, strict=True):
             self.running[handle.job_id] = (job, handle)
             self.note(job, handle.job_id)
 
@@ -218,7 +223,8 @@ class SlurmPool:
         deadline = time.monotonic() + timeout
         while True:
             done, self.stopped = self.stopped, []
-            for job_id in [j for j, (_, h) in self.running.items() if h.paths.result_pickle.exists()]:
+            ready = [j for j, (_, h) in self.running.items() if h.paths.result_pickle.exists()]
+            for job_id in ready:
                 job, handle = self.running.pop(job_id)
                 done.append((job, outcome(handle)))
             if time.monotonic() - self.asked >= SQUEUE_EVERY_S and self.running:
@@ -242,7 +248,8 @@ class SlurmPool:
             elif state in STOPPED or (self.stopping and state == "CANCELLED"):
                 done.append((job, interrupted()))
             else:
-                why = f"Slurm job {job_id} ended {state} without a result; see {handle.paths.stderr}"
+                log = handle.paths.stderr
+                why = f"Slurm job {job_id} ended {state} without a result; see {log}"
                 done.append((job, {"status": "failed", "error": why}))
         return done
 
@@ -272,14 +279,18 @@ def outcome(handle) -> dict[str, Any]:
         return handle.result()
     except Exception as e:  # noqa: BLE001 - submitit's own failure (unpickling, import)
         text = str(e).strip().splitlines()
-        return {"status": "failed", "error": f"Slurm job {handle.job_id}: {text[-1] if text else e}"}
+        why = text[-1] if text else repr(e)
+        return {"status": "failed", "error": f"Slurm job {handle.job_id}: {why}"}
 
 
 def squeue(job_ids: list[str]) -> dict[str, str]:
     """Slurm's state of each job it still knows (finished ones for MinJobAge); others absent."""
     if not job_ids:
         return {}
-    cmd = ["squeue", "-h", "-t", "all", "-o", "%i|%T", "-j", ",".join(job_ids)]
+    from submitit.slurm.slurm import read_job_id
+
+    base = sorted({j.split("_")[0] for j in job_ids})  # array elements: ask for the array
+    cmd = ["squeue", "-h", "-t", "all", "-o", "%i|%T", "-j", ",".join(base)]
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
     except (OSError, subprocess.TimeoutExpired):
@@ -289,8 +300,12 @@ def squeue(job_ids: list[str]) -> dict[str, str]:
     states = {}
     for line in proc.stdout.splitlines():
         job_id, _, state = line.strip().partition("|")
-        states[job_id] = state.split()[0] if state else "UNKNOWN"
-    return states
+        for main, *rest in read_job_id(job_id):  # "7", "7_1", or pending "7_[2-5%2]"
+            first, last = (int(rest[0]), int(rest[-1])) if rest else (None, None)
+            ids = [main] if first is None else [f"{main}_{i}" for i in range(first, last + 1)]
+            for one in ids:
+                states[one] = state.split()[0] if state else "UNKNOWN"
+    return {j: states[j] for j in job_ids if j in states}
 
 
 def scancel(job_id: str, *flags: str) -> None:
