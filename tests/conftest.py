@@ -153,3 +153,27 @@ def avalanche_home(tmp_path_factory):
     yield
     if old is not None:
         os.environ["HOME"] = old
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster(tmp_path_factory):
+    """A real single-node Slurm (munged, slurmctld, slurmd on 127.0.0.1) for the tests marked
+    `slurm`; SLURM_CONF points the Slurm commands at it. Skipped where it cannot start, unless
+    CL_REQUIRE_SLURM=1 (CI), where that fails."""
+    from helpers.slurm_cluster import Unavailable, start
+
+    try:
+        cluster = start(tmp_path_factory.mktemp("slurm"))
+    except Unavailable as e:
+        if os.environ.get("CL_REQUIRE_SLURM") == "1":
+            pytest.fail(f"CL_REQUIRE_SLURM=1 but Slurm cannot start: {e}")
+        pytest.skip(f"no Slurm cluster here: {e}")
+    before = os.environ.get("SLURM_CONF")
+    os.environ.update(cluster.env)
+    print(f"\nSlurm cluster up in {cluster.start_s:.2f} s ({cluster.folder})")
+    yield cluster
+    cluster.stop()
+    if before is None:
+        os.environ.pop("SLURM_CONF", None)
+    else:
+        os.environ["SLURM_CONF"] = before

@@ -263,7 +263,7 @@ def test_the_same_sweep_on_a_local_ray_head(tmp_path, ray_head):
         (["run.progress=true,false"], "run.progress is set by the sweep for each trial; it"),
         (["seed=0,1", "sweep.workers=0"], "sweep.workers=0 must be a positive integer"),
         (["seed=0,1", "sweep.metric=loss"], "sweep.metric='loss'"),
-        (["seed=0,1", "sweep.executor=slurm"], "sweep.executor='slurm'"),
+        (["seed=0,1", "sweep.executor=dask"], "sweep.executor='dask'"),
     ],
 )
 def test_bad_sweep_input_exits_2_before_any_trial(args, message, tmp_path, capsys):

@@ -15,7 +15,7 @@ import shutil
 import sys
 import time
 from collections import deque
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +26,7 @@ from cl.sweep import folder as sweep_folder
 from cl.sweep.spec import SWEEP_KEYS, Spec, from_overrides, from_wandb_file
 
 OWNED = ("run.dir", "run.name", "run.progress", "wandb.group", "wandb.job_type")
-RESUME_OPTIONS = ("workers", "threads", "executor", "address", "retries")
+RESUME_OPTIONS = ("workers", "threads", "executor", "address", "retries", "slurm")
 
 
 @dataclass
@@ -37,23 +37,27 @@ class Options:
     dir: str = "sweeps"
     workers: int | None = None  # parallel trials; default: cores // threads
     threads: int | None = None  # torch threads per trial; default 1 (cores // workers)
-    executor: str = "local"  # local | ray
+    executor: str = "local"  # local | ray | slurm
     address: str | None = None  # Ray cluster address or auto; none: a local Ray
     retries: int = 0
     metric: str = "acc"
+    slurm: dict[str, Any] = field(default_factory=dict)  # sweep.slurm.* (cl/sweep/slurm.py)
 
 
 def cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
 
 
-def parse_options(items: list[str], allowed=SWEEP_KEYS) -> dict[str, Any]:
+def parse_options(items: list[str], allowed=(*SWEEP_KEYS, "slurm")) -> dict[str, Any]:
     import yaml
 
-    out = {}
+    out: dict[str, Any] = {}
     for item in items:
         key, _, text = item.partition("=")
         name = key.removeprefix("sweep.")
+        if name.startswith("slurm.") and "slurm" in allowed:  # checked in cl/sweep/slurm.py
+            out.setdefault("slurm", {})[name[6:]] = yaml.safe_load(text) if text else None
+            continue
         if name not in allowed:
             valid = ", ".join(f"sweep.{k}" for k in allowed)
             raise UserError(f"unknown key '{key}'; valid: {valid}")
@@ -62,8 +66,14 @@ def parse_options(items: list[str], allowed=SWEEP_KEYS) -> dict[str, Any]:
 
 
 def check_options(o: Options) -> None:
-    if o.executor not in ("local", "ray"):
-        raise UserError(f"sweep.executor={o.executor!r}; valid choices: local, ray")
+    if o.executor not in ("local", "ray", "slurm"):
+        raise UserError(f"sweep.executor={o.executor!r}; valid choices: local, ray, slurm")
+    if not isinstance(o.slurm, dict):
+        raise UserError("sweep.slurm takes sub-keys, e.g. sweep.slurm.partition=gpu")
+    if o.executor == "slurm":
+        from cl.sweep.slurm import check_options as check_slurm
+
+        check_slurm(o.slurm)
     for key in ("workers", "threads"):
         v = getattr(o, key)
         if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 1):
@@ -210,7 +220,10 @@ def resume_sweep(path: str, overrides: list[str], quiet: bool) -> int:
     if [o for o in overrides if not o.startswith("sweep.")]:
         keys = ", ".join(f"sweep.{k}" for k in RESUME_OPTIONS)
         raise UserError(f"a resumed sweep keeps its trials and config; only {keys} may change")
-    opts = data["options"] | parse_options(overrides, RESUME_OPTIONS)
+    new = parse_options(overrides, RESUME_OPTIONS)
+    if "slurm" in new:  # sweep.slurm.* given again change only those keys
+        new["slurm"] = (data["options"].get("slurm") or {}) | new["slurm"]
+    opts = data["options"] | new
     options = Options(**opts)
     check_options(options)
     data["path"] = str(path_)
@@ -221,6 +234,10 @@ def execute(data: dict, options: Options, quiet: bool) -> int:
     """Run every trial not finished yet; write the tables; the exit code (0, 1, 128+sig)."""
     path = Path(data["path"])
     threads = options.threads or max(1, cores() // (options.workers or cores()))
+    if options.executor == "slurm":  # a trial's threads: its CPUs on the cluster
+        from cl.sweep.slurm import threads_for
+
+        threads = threads_for(options.slurm, options.threads)
     states = sweep_folder.last_states(path)
     journal = sweep_folder.Journal(path)
     queue: deque = deque()
@@ -239,6 +256,10 @@ def execute(data: dict, options: Options, quiet: bool) -> int:
         cfg, _ = config.load(trial_overrides(data, data["trials"][0]))
         gpus = 1.0 if cfg.run.device.startswith("cuda") else 0.0  # auto: CPU on Ray
         pool = RayPool(options.address, options.workers, threads, gpus)
+    elif options.executor == "slurm":
+        from cl.sweep.slurm import SlurmPool
+
+        pool = SlurmPool(path, options.slurm, threads, options.workers or max(1, len(queue)))
     else:
         from cl.sweep.executors import LocalPool
 
@@ -279,6 +300,15 @@ def execute(data: dict, options: Options, quiet: bool) -> int:
                     if not quiet:
                         why = f" ({first_line(error)})" if error else ""
                         print(f"[{done}/{total}] {job['trial']}: {state}{why}", flush=True)
+                    if state == "interrupted" and signum is None and getattr(pool, "requeue", 0):
+                        # preempted or timed out on the cluster: go on from its checkpoint
+                        trial = next(t for t in data["trials"] if t["name"] == job["trial"])
+                        last = {"state": "interrupted", "attempt": job["attempt"]}
+                        again = next_job(path, data, trial, last, threads)
+                        if again is not None:
+                            journal(trial["name"], "queued", attempt=again["attempt"],
+                                    mode=again["mode"])  # fmt: skip
+                            queue.append(again)
                     if state == "failed" and job["attempt"] <= options.retries and signum is None:
                         trial = next(t for t in data["trials"] if t["name"] == job["trial"])
                         last = {"state": "failed", "attempt": job["attempt"]}
