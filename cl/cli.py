@@ -112,7 +112,13 @@ def _parser() -> argparse.ArgumentParser:
     rx.add_argument("name", nargs="?", help="a reproduction (see --list), or all")
     rx.add_argument("--list", action="store_true", help="list the reproductions")
     rx.add_argument("--quick", action="store_true", help="the reduced version (about a minute)")
-    rx.add_argument("--seeds", type=int, help="seeds 0..N-1 (default: the reproduction's)")
+    rx.add_argument(
+        "--seeds",
+        type=int,
+        metavar="N",
+        help="how many seeds: runs seeds 0..N-1, N >= 1 (default: the reproduction's; 1 with "
+        "--quick)",
+    )
     rx.add_argument("--out", metavar="DIR", help="default: $CL_RUN_DIR/reproduce or runs/reproduce")
     rx.add_argument("-q", "--quiet", action="store_true", help="only the claims table")
     lm = sub.add_parser(
@@ -160,6 +166,7 @@ def _list(what: str) -> None:
 def _run(args) -> None:
     from cl import config
 
+    config.reject_repeats(args.overrides)
     if args.resume:
         from cl.api import resume
 
