@@ -33,7 +33,8 @@ SWEEP_EPILOG = """examples:
   cl sweep strategy=naive,gem seed=0,1 sweep.executor=ray sweep.address=auto
   cl sweep --resume sweeps/sweep-20261201-120000           finish an interrupted sweep
 options: sweep.name, sweep.dir (sweeps), sweep.workers, sweep.threads, sweep.executor
-(local | ray), sweep.address, sweep.retries (0), sweep.metric (acc)
+(local | ray), sweep.address, sweep.retries (0), sweep.metric (acc), sweep.max_trials
+(10000: a larger sweep is refused before any work)
 """
 
 

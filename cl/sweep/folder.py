@@ -15,7 +15,6 @@ from typing import Any
 import yaml
 
 from cl.errors import UserError
-from cl.store import load_run
 
 SPEC_FILE = "sweep.yaml"
 JOURNAL = "trials.jsonl"
@@ -124,6 +123,16 @@ def last_states(folder: Path) -> dict[str, dict[str, Any]]:
     return out
 
 
+def read_summary(run_dir: Path) -> dict[str, Any]:
+    """A trial's summary.json; {} when absent or not a JSON object (the trial shows no
+    metrics rather than stopping the sweep's tables)."""
+    try:
+        summary = json.loads((run_dir / "summary.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return summary if isinstance(summary, dict) else {}
+
+
 def config_label(values: dict[str, str]) -> str:
     """A trial's configuration: its swept values without the seed."""
     return " ".join(f"{k}={v}" for k, v in values.items() if k != "seed") or "(all)"
@@ -142,8 +151,8 @@ def tables(folder: Path, spec: dict[str, Any]):
         row["attempts"] = states.get(name, {}).get("attempt", 0)
         run_dir = folder / "runs" / name
         row["run"] = f"runs/{name}"
-        if (run_dir / "summary.json").is_file():
-            summary = load_run(run_dir).summary
+        summary = read_summary(run_dir)
+        if summary:
             row |= {
                 k: v
                 for k, v in summary.items()
