@@ -12,6 +12,7 @@ until one ends).
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import socket
 import threading
@@ -82,6 +83,11 @@ def split_host(header: str) -> tuple[str, str] | None:
     return (name, port) if ":" not in port else None
 
 
+@functools.cache
+def machine_names() -> tuple[str, str]:
+    return socket.gethostname().lower(), socket.getfqdn().lower()
+
+
 def host_allowed(header: str | None, host: str, port: int) -> bool:
     """Whether a request's Host header names this server: the served host or a localhost
     name, with the served port (none: 80). Served on all interfaces (0.0.0.0, ::), an IP
@@ -96,7 +102,7 @@ def host_allowed(header: str | None, host: str, port: int) -> bool:
         return True
     if host not in WILDCARDS:
         return False
-    if name in (socket.gethostname().lower(), socket.getfqdn().lower()):
+    if name in machine_names():
         return True
     try:
         ipaddress.ip_address(name.strip("[]"))
