@@ -33,7 +33,8 @@ SWEEP_EPILOG = """examples:
   cl sweep strategy=naive,gem seed=0,1 sweep.executor=ray sweep.address=auto
   cl sweep --resume sweeps/sweep-20261201-120000           finish an interrupted sweep
 options: sweep.name, sweep.dir (sweeps), sweep.workers, sweep.threads, sweep.executor
-(local | ray), sweep.address, sweep.retries (0), sweep.metric (acc)
+(local | ray), sweep.address, sweep.retries (0), sweep.metric (acc), sweep.max_trials
+(10000: a larger sweep is refused before any work)
 """
 
 
@@ -112,7 +113,13 @@ def _parser() -> argparse.ArgumentParser:
     rx.add_argument("name", nargs="?", help="a reproduction (see --list), or all")
     rx.add_argument("--list", action="store_true", help="list the reproductions")
     rx.add_argument("--quick", action="store_true", help="the reduced version (about a minute)")
-    rx.add_argument("--seeds", type=int, help="seeds 0..N-1 (default: the reproduction's)")
+    rx.add_argument(
+        "--seeds",
+        type=int,
+        metavar="N",
+        help="how many seeds: runs seeds 0..N-1, N >= 1 (default: the reproduction's; 1 with "
+        "--quick)",
+    )
     rx.add_argument("--out", metavar="DIR", help="default: $CL_RUN_DIR/reproduce or runs/reproduce")
     rx.add_argument("-q", "--quiet", action="store_true", help="only the claims table")
     lm = sub.add_parser(
@@ -163,6 +170,7 @@ def _list(what: str) -> None:
 def _run(args) -> None:
     from cl import config
 
+    config.reject_repeats(args.overrides)
     if args.resume:
         from cl.api import resume
 
@@ -194,7 +202,11 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "report":
             from cl.report import build
 
-            print(f"report {build(args.paths, args.output)}")
+            try:
+                print(f"report {build(args.paths, args.output)}")
+            except OSError as e:
+                where = e.filename or args.output or "report.html"
+                raise UserError(f"cannot write the report to {where}: {e.strerror or e}") from None
         elif args.command == "l2metrics":
             from cl import l2m
 

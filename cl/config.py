@@ -54,15 +54,37 @@ def _group_file(group: str, option: str) -> dict:
     return _read_yaml(path)
 
 
-def _parse_value(text: str) -> Any:
+def parse_value(text: str, key: str | None = None) -> Any:
+    """An override's value as YAML (`3` -> 3, `[a,b]` -> a list); text YAML cannot read is
+    kept as it is, except an unclosed quote or bracket (UserError naming `key`)."""
     try:
         return yaml.safe_load(text) if text != "" else ""
     except (yaml.YAMLError, ValueError):  # ValueError: an integer of over 4,300 digits
+        opening = text.lstrip()[:1]
+        if opening in ("'", '"', "[", "{"):
+            what = "quote" if opening in "'\"" else "bracket"
+            shown = text if len(text) <= 60 else f"{text[:60]}..."
+            raise UserError(f"{key}={shown} has an unclosed {what} ({opening}); close it") from None
         return text
 
 
+def _key(item: str) -> str:
+    return item.split("=", 1)[0].strip().lstrip("+")
+
+
+def reject_repeats(overrides: list[str]) -> None:
+    """UserError if the user gives one key twice (`seed=1 seed=2`): the last would win."""
+    seen: dict[str, str] = {}
+    for item in overrides:
+        key = _key(item)
+        if key in seen and "=" in item:
+            raise UserError(f"key '{key}' is given twice ({seen[key]}, {item}); give it once")
+        seen[key] = item
+
+
 def parse_overrides(overrides: list[str]) -> tuple[dict[str, Any], list[tuple[str, Any]]]:
-    """Split CLI overrides into group selections and dotted key assignments."""
+    """Split CLI overrides into group selections and dotted key assignments (a key given
+    twice: the last wins; the CLI refuses that with `reject_repeats`)."""
     picks: dict[str, Any] = {}
     keys: list[tuple[str, Any]] = []
     for item in overrides:
@@ -72,7 +94,7 @@ def parse_overrides(overrides: list[str]) -> tuple[dict[str, Any], list[tuple[st
         key = key.strip().lstrip("+")
         if not key:
             raise UserError(f"override '{item}' has an empty key")
-        value = _parse_value(text)
+        value = parse_value(text, key)
         if key in GROUPS and not isinstance(value, dict):
             picks[key] = value
         else:

@@ -163,6 +163,8 @@ def table(rows: list[dict[str, Any]]) -> str:
 def reproduce(name: str, quick: bool, seeds: int | None, out: str | None, quiet: bool) -> int:
     """Run one reproduction (or `all`); print and write its claims table. Exit code: the
     sweep's (0, 1 when a run failed, 128+signal), else 0."""
+    if seeds is not None and seeds < 1:  # a count: --seeds 3 runs seeds 0, 1, 2
+        raise UserError(f"--seeds {seeds}: the number of seeds must be at least 1")
     reps = available()
     if name == "all":
         codes = [reproduce(n, quick, seeds, out, quiet) for n in reps]
@@ -172,9 +174,8 @@ def reproduce(name: str, quick: bool, seeds: int | None, out: str | None, quiet:
     from cl.sweep.driver import Options, start_sweep
 
     rep = reps[name]
-    seeds = seeds or (1 if quick else rep.seeds)
-    if seeds < 1:
-        raise UserError(f"--seeds {seeds} must be at least 1")
+    if seeds is None:
+        seeds = 1 if quick else rep.seeds
     root = Path(out or Path(os.environ.get("CL_RUN_DIR", "runs")) / "reproduce").expanduser()
     label = f"{name}-quick" if quick else name
     spec = sweep_spec(rep, quick, seeds)

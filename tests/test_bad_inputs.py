@@ -15,6 +15,7 @@ import pytest
 from cl import config
 from cl.cli import main
 from cl.store import read_rows
+from cl.sweep.folder import write_spec
 
 LONG = "a" * 300
 HUGE = "9" * 5000
@@ -96,6 +97,11 @@ CASES = [
     (["strategy=cbp", "strategy.cbp.init=xavier"], "strategy.cbp.init must be 'default'"),
     (["strategy=spectral", "strategy.spectral.k=0"], "strategy.spectral.k must be a positive"),
     (["strategy=agem", "strategy.agem.sample_size=0"], "strategy.agem.sample_size must be"),
+    # issue 23: kept the last silently; took an unclosed quote literally
+    (["seed=1", "seed=2"], "key 'seed' is given twice (seed=1, seed=2)"),
+    (["strategy=naive", "+strategy=replay"], "key 'strategy' is given twice"),
+    (["wandb.project='abc"], "wandb.project='abc has an unclosed quote"),
+    (["model.hidden=[64,32"], "model.hidden=[64,32 has an unclosed bracket"),
 ]
 
 
@@ -202,3 +208,124 @@ def test_load_run_reports_a_bad_middle_line_and_reads_on(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert read_rows(path) == [{"iteration": 0}]
+
+
+# Other commands on bad folders and arguments (issue 23): {tmp} is the test's folder, with
+# the folders `bad_folders` makes. Each crashed with a traceback, served forever or wrote over
+# a run's data before.
+ROW = '{"iteration": 0, "experience": 0, "eval/acc/task_0": 0.5}\n'
+SPEC = {
+    "name": "s",
+    "path": "",
+    "options": {"name": "s", "workers": 1},
+    "metric": "acc",
+    "goal": "maximize",
+    "common": [],
+    "swept": ["seed"],
+    "trials": [{"name": "000-seed=0", "values": {"seed": "0"}}],
+}
+COMMAND_CASES = [
+    (["report", "{tmp}/no_rows"], "no_rows/metrics.jsonl holds no rows"),
+    (["report", "{tmp}/bad_summary"], "bad_summary/summary.json is not valid JSON"),
+    (["report", "{tmp}/run", "-o", "{tmp}/run/metrics.jsonl"], "is not a report cl wrote"),
+    (["report", "{tmp}/run", "-o", "{tmp}/notes.html"], "is not a report cl wrote"),
+    (["report", "{tmp}/run", "-o", "{tmp}/run"], "run is a folder; give a file name"),
+    (["report", "{tmp}/run", "-o", "{tmp}/notes.html/report.html"], "cannot write the report"),
+    (["dashboard", "{tmp}/run", "--port", "70000"], "--port 70000 must be in 0 .. 65535"),
+    (["dashboard", "{tmp}/run", "--port", "-1"], "--port -1 must be in 0 .. 65535"),
+    (["dashboard", "{tmp}/run", "--host", "no-such-host.invalid"], "cannot serve on no-such"),
+    (["dashboard", "{tmp}/empty"], "empty is neither a run folder"),
+    (["sweep", "--resume", "{tmp}/sweep_empty"], "sweep.yaml is not a sweep.yaml cl wrote"),
+    (["sweep", "--resume", "{tmp}/sweep_malformed"], "sweep_malformed/sweep.yaml: while"),
+    (["sweep", "--resume", "{tmp}/sweep_shape"], "'trials' must be a list"),
+    (["sweep", "--resume", "{tmp}/journal_list"], "trials.jsonl:2 is not a trial record"),
+    (["sweep", "--resume", "{tmp}/journal_dict"], "trials.jsonl:1 is not a trial record"),
+    (
+        ["reproduce", "stability_gap", "--seeds", "0", "--out", "{tmp}/repro"],
+        "--seeds 0: the number of seeds must be",
+    ),
+    (
+        ["reproduce", "all", "--seeds", "-2", "--out", "{tmp}/repro"],
+        "--seeds -2: the number of seeds must be",
+    ),
+]
+
+
+@pytest.fixture
+def bad_folders(tmp_path):
+    for name in ("no_rows", "bad_summary", "run", "empty"):
+        (tmp_path / name).mkdir()
+    (tmp_path / "no_rows" / "metrics.jsonl").write_text("")
+    (tmp_path / "bad_summary" / "metrics.jsonl").write_text(ROW)
+    (tmp_path / "bad_summary" / "summary.json").write_text("{not json")
+    (tmp_path / "run" / "metrics.jsonl").write_text(ROW)
+    (tmp_path / "notes.html").write_text("<html>my notes</html>")
+    for name, text in (("sweep_empty", ""), ("sweep_malformed", "a: [")):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "sweep.yaml").write_text(text)
+    for name, journal in (
+        ("sweep_shape", None),
+        ("journal_list", '{"trial": "000-seed=0", "state": "queued"}\n[1, 2]\n'),
+        ("journal_dict", '{"x": 1}\n'),
+    ):
+        (tmp_path / name).mkdir()
+        write_spec(tmp_path / name, SPEC | ({"trials": "000"} if journal is None else {}))
+        if journal:
+            (tmp_path / name / "trials.jsonl").write_text(journal)
+    return tmp_path
+
+
+def dashboard(args):
+    """`cl dashboard` in a subprocess: where it serves instead of refusing, the timeout ends
+    it (a failure) instead of hanging the tests."""
+    try:
+        r = subprocess.run(
+            [sys.executable, "-m", "cl", *args], capture_output=True, text=True, timeout=120
+        )
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"cl {' '.join(args)} served instead of refusing")
+    return r.returncode, r.stdout, r.stderr
+
+
+def check_command_rejected(capsys, args, message):
+    if args[0] == "dashboard":
+        code, out, err = dashboard(args)
+    else:
+        code = main(args)
+        out, err = capsys.readouterr()
+    assert code == 2, err
+    assert err.startswith("error: ") and err.count("\n") == 1, err
+    assert message in err, err
+    assert "Traceback" not in err and out == ""
+
+
+@pytest.mark.parametrize(
+    "args, message", COMMAND_CASES, ids=[" ".join(c[0])[:60] for c in COMMAND_CASES]
+)
+def test_bad_command_input_is_one_error_line_and_exit_2(args, message, bad_folders, capsys):
+    before = {p: p.read_bytes() for p in bad_folders.rglob("*") if p.is_file()}
+    check_command_rejected(capsys, [a.format(tmp=bad_folders) for a in args], message)
+    after = {p: p.read_bytes() for p in bad_folders.rglob("*") if p.is_file()}
+    assert after == before  # nothing written, nothing replaced
+
+
+def test_dashboard_on_a_port_in_use_is_refused(bad_folders, capsys):
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        args = ["dashboard", str(bad_folders / "run"), "--port", str(port)]
+        check_command_rejected(capsys, args, f"cannot serve on 127.0.0.1:{port}")
+
+
+def test_report_into_an_unwritable_place_is_refused(bad_folders, capsys):
+    if os.geteuid() == 0:  # root writes through permission bits; sysfs refuses even root
+        out = "/sys/cl-test-report/report.html"
+    else:
+        (bad_folders / "ro").mkdir(mode=0o555)
+        out = bad_folders / "ro" / "report.html"
+    check_command_rejected(
+        capsys, ["report", str(bad_folders / "run"), "-o", str(out)], "cannot write the report"
+    )

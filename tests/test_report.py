@@ -7,6 +7,8 @@ import http.client
 import json
 import os
 import shutil
+import socket
+import threading
 import time
 from pathlib import Path
 
@@ -256,3 +258,107 @@ def test_runs_of_different_lengths_share_one_gap_view(tmp_path):
     panels = {t.get("xaxis") for t in figure["data"]}
     assert len(panels) == 3
     assert build([short, long], tmp_path / "both.html").stat().st_size > 0
+
+
+def test_report_output_creates_folders_and_replaces_only_its_own_pages(tmp_path, capsys):
+    """`-o` in a missing folder creates it; a page cl wrote (also one written before the
+    generator mark) is replaced; anything else is refused (tests/test_bad_inputs.py)."""
+    from cl.report.page import GENERATOR, LEGACY
+
+    run = synthetic_run(tmp_path / "run", iterations=200, tasks=2)
+    out = tmp_path / "new" / "folder" / "r.html"
+    assert main(["report", str(run), "-o", str(out)]) == 0
+    assert GENERATOR in out.read_text()[:2000]
+    assert main(["report", str(run), "-o", str(out)]) == 0  # its own page: replaced
+    out.write_text(f"{LEGACY}<title>old</title></head><body></body></html>\n")
+    assert main(["report", str(run), "-o", str(out)]) == 0  # a page from before the mark
+    assert GENERATOR in out.read_text()[:2000]
+    assert sorted(p.name for p in out.parent.iterdir()) == ["r.html"]  # no temp file left
+    capsys.readouterr()
+
+
+def get(port: int, path: str, host: str | None) -> tuple[int, bytes]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    conn.putrequest("GET", path, skip_host=True)
+    if host is not None:
+        conn.putheader("Host", host)
+    conn.endheaders()
+    response = conn.getresponse()
+    status, body = response.status, response.read()
+    conn.close()
+    return status, body
+
+
+def test_dashboard_answers_only_its_own_host_names(tmp_path):
+    """DNS rebinding: a page on evil.example that resolves to 127.0.0.1 sends its own name."""
+    from cl.report.server import host_allowed
+
+    run = synthetic_run(tmp_path / "run", iterations=200, tasks=2)
+    server = serve([str(run)], "127.0.0.1", 0)
+    port = server.server_address[1]
+    try:
+        for host in ("evil.example", f"evil.example:{port}", f"localhost:{port + 1}", "", None):
+            assert get(port, "/data", host) == (403, b""), host
+        for host in (f"localhost:{port}", f"127.0.0.1:{port}", f"[::1]:{port}"):
+            status, body = get(port, "/data", host)
+            assert status == 200 and b'"figures"' in body, host
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert host_allowed("10.1.2.3:8000", "0.0.0.0", 8000)  # all interfaces: any address
+    assert not host_allowed("evil.example:8000", "0.0.0.0", 8000)
+    assert host_allowed("myhost:80", "myhost", 80) and host_allowed("myhost", "myhost", 80)
+    assert not host_allowed("127.0.0.1:8000:1", "127.0.0.1", 8000)
+
+
+def test_dashboard_closes_an_idle_connection(tmp_path, monkeypatch):
+    from cl.report import server as dashboard
+
+    monkeypatch.setattr(dashboard, "IDLE_TIMEOUT", 0.5)
+    run = synthetic_run(tmp_path / "run", iterations=200, tasks=2)
+    server = serve([str(run)], "127.0.0.1", 0)
+    try:
+        with socket.create_connection(server.server_address[:2], timeout=60) as s:
+            s.sendall(b"GET / HTTP/1.1\r\n")  # half a request, then nothing
+            assert s.recv(1024) == b""  # the server closed it (no answer)
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_dashboard_caps_its_connections(tmp_path, monkeypatch):
+    """MAX_CONNECTIONS + 5 idle connections: the server runs at most MAX_CONNECTIONS handler
+    threads and accepts the rest as the first ones end."""
+    from cl.report import server as dashboard
+
+    cap = 4
+    monkeypatch.setattr(dashboard, "MAX_CONNECTIONS", cap)
+    run = synthetic_run(tmp_path / "run", iterations=200, tasks=2)
+    server = serve([str(run)], "127.0.0.1", 0)
+    address = server.server_address[:2]
+    base = threading.active_count()
+    idle = [socket.create_connection(address, timeout=60) for _ in range(cap + 5)]
+    try:
+        peak = base
+        for _ in range(1200):  # until the cap's handlers run (bounded: at most about 60 s)
+            peak = max(peak, threading.active_count())
+            if peak >= base + cap:
+                break
+            time.sleep(0.05)
+        for _ in range(10):  # a few more looks: no handler beyond the cap
+            peak = max(peak, threading.active_count())
+            time.sleep(0.05)
+        request = f"GET /data HTTP/1.0\r\nHost: 127.0.0.1:{address[1]}\r\n\r\n".encode()
+        for s in idle:  # each one answered in turn, as handlers end and free their slots
+            s.sendall(request)
+            answer = b""
+            while chunk := s.recv(1 << 16):
+                answer += chunk
+            peak = max(peak, threading.active_count())
+            assert answer.startswith(b"HTTP/1.0 200"), answer[:100]
+        assert peak == base + cap
+    finally:
+        for s in idle:
+            s.close()
+        server.shutdown()
+        server.server_close()

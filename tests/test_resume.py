@@ -78,7 +78,9 @@ NO_CHECKPOINTS = ("no-checkpoints", "naive", ["run.checkpoint=false"], "TERM")
 
 def overrides(case, run_dir, name):
     label, strategy, extra, _ = case
-    return [*BASE, f"strategy={strategy}", *extra, f"run.dir={run_dir}", f"run.name={name}"]
+    keys = {e.split("=", 1)[0] for e in extra}  # the CLI refuses a key given twice
+    base = [b for b in BASE if b.split("=", 1)[0] not in keys]
+    return [*base, f"strategy={strategy}", *extra, f"run.dir={run_dir}", f"run.name={name}"]
 
 
 def kill_iteration(label: str) -> int:

@@ -44,6 +44,31 @@ def test_multirun_grammar():
     assert [t.values["k"] for t in from_overrides(["k='a,b',c"]).trials] == ["a,b", "c"]
     with pytest.raises(UserError, match="empty range"):
         from_overrides(["seed=range(3,3)"])
+    with pytest.raises(UserError, match="11 trials, more than sweep.max_trials=10"):
+        from_overrides(["seed=range(0,11)"], max_trials=10)
+    assert len(from_overrides(["seed=range(0,11)"], max_trials=11).trials) == 11
+
+
+def test_a_large_seed_sweep_is_checked_quickly(capsys):
+    """20,000 trials of two configurations: each configuration is composed once, the other
+    trials only differ in a plain seed (issue 23: 90 s of silence for a large sweep)."""
+    from cl import config
+    from cl.sweep.driver import plan, validate_trials
+
+    spec, _ = plan(["seed=range(0,10000)", "strategy=naive,replay", "sweep.max_trials=20000"], None)
+    trials = [{"name": t.name, "values": t.values} for t in spec.trials]
+    data = {"path": "/x", "name": "x", "common": [], "swept": ["seed", "strategy"]}
+    calls = []
+    load = config.load
+    config.load = lambda overrides: calls.append(overrides) or load(overrides)
+    try:
+        validate_trials(data | {"trials": trials})
+        assert len(calls) == 2
+        trials[-1]["values"]["seed"] = "-1"  # a bad seed is still composed, and refused
+        with pytest.raises(UserError, match="seed=-1 must be an integer"):
+            validate_trials(data | {"trials": trials})
+    finally:
+        config.load = load
 
 
 def test_wandb_spec_files(tmp_path, capsys):
@@ -159,7 +184,7 @@ def test_sweep_killed_with_sigkill_resumes_to_the_same_tables(tmp_path):
     args = [
         "strategy=naive,replay",
         "seed=0,1",
-        *TINY,
+        *(a for a in TINY if not a.startswith("train.epochs=")),  # a key given twice: error
         "train.epochs=6",
         "run.checkpoint_every=10",
         "wandb.mode=disabled",
@@ -264,6 +289,16 @@ def test_the_same_sweep_on_a_local_ray_head(tmp_path, ray_head):
         (["seed=0,1", "sweep.workers=0"], "sweep.workers=0 must be a positive integer"),
         (["seed=0,1", "sweep.metric=loss"], "sweep.metric='loss'"),
         (["seed=0,1", "sweep.executor=dask"], "sweep.executor='dask'"),
+        # issue 23: the last one kept silently; 90 s of silence before the first trial
+        (["seed=0,1", "seed=2"], "key 'seed' is given twice (seed=0,1, seed=2)"),
+        (["seed=0,1", "sweep.workers=1", "sweep.workers=2"], "key 'sweep.workers' is given twice"),
+        (["sweep.metric='abc"], "sweep.metric='abc: not a valid value"),
+        (["seed=0,1", "wandb.project='abc"], "wandb.project='abc has an unclosed quote"),
+        (["seed=range(0,1000000)"], "1,000,000 trials, more than sweep.max_trials=10,000"),
+        (["seed=range(0,1000000000)"], "trials, more than sweep.max_trials"),
+        (["seed=range(0,9999999999999999999999)"], "trials, more than sweep.max_trials"),
+        (["seed=range(0,3)", "optim.lr=1,2", "sweep.max_trials=5"], "6 trials, more than"),
+        (["seed=0", "sweep.max_trials=0"], "sweep.max_trials=0 must be a positive integer"),
     ],
 )
 def test_bad_sweep_input_exits_2_before_any_trial(args, message, tmp_path, capsys):

@@ -8,10 +8,14 @@ from pathlib import Path
 
 def build(paths: list[str | Path], out: str | Path | None = None) -> Path:
     """Write the report of `paths` (run or sweep folders) to `out` (default: `report.html`
-    in the single folder given, else `./report.html`); returns its path."""
+    in the single folder given, else `./report.html`; missing folders are created); returns
+    its path. UserError if `out` is a folder, unwritable, or an existing file that is not a
+    report cl wrote."""
     from cl.report.collect import collect
-    from cl.report.page import write_report
+    from cl.report.page import check_output, write_report
 
     if out is None:
         out = Path(paths[0]) / "report.html" if len(paths) == 1 else Path("report.html")
-    return write_report(collect(paths), Path(out))
+    out = Path(out).expanduser()
+    check_output(out)  # before the work: never replaces a file cl did not write
+    return write_report(collect(paths), out)

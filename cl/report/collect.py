@@ -60,23 +60,35 @@ def _json(path: Path) -> dict[str, Any]:
         return {}
 
 
+REQUIRED = ("iteration", "experience")  # the columns every chart is drawn against
+
+
 def read_run(path: Path) -> RunView:
-    run = load_run(path)
+    """One run folder; UserError if its summary.json is not a JSON object."""
+    try:
+        run = load_run(path)
+    except ValueError as e:  # summary.json that is not JSON
+        raise UserError(f"{path / SUMMARY_FILE} is not valid JSON ({e})") from None
+    if not isinstance(run.summary, dict):
+        raise UserError(f"{path / SUMMARY_FILE} must hold a JSON object")
     config = run.config if (path / "config.yaml").is_file() else {}
     env = _json(path / "environment.json")
-    summary = _json(path / SUMMARY_FILE)
-    return RunView(path.name, path, config or {}, env, summary, run.metrics)
+    return RunView(path.name, path, config or {}, env, run.summary, run.metrics)
+
+
+def has_rows(run: RunView) -> bool:
+    return len(run.metrics) > 0 and all(c in run.metrics.columns for c in REQUIRED)
 
 
 def run_folders(paths: list[str | Path]) -> tuple[list[Path], dict | None]:
     """The run folders under `paths` (a sweep folder gives its trials), and a sweep's spec."""
-    import yaml
+    from cl.sweep.folder import SPEC_FILE, read_spec
 
     folders, sweep = [], None
     for p in map(Path, paths):
-        if (p / "sweep.yaml").is_file():
-            sweep = yaml.safe_load((p / "sweep.yaml").read_text())
-            names = [t["name"] for t in sweep.get("trials", [])]
+        if (p / SPEC_FILE).is_file():
+            sweep = read_spec(p)
+            names = [t["name"] for t in sweep["trials"]]
             folders += [p / "runs" / n for n in names if (p / "runs" / n / METRICS_FILE).is_file()]
         elif (p / METRICS_FILE).is_file():
             folders.append(p)
@@ -112,10 +124,19 @@ def group_runs(runs: list[RunView], sweep: dict | None) -> list[str]:
 
 
 def collect(paths: list[str | Path]) -> Report:
+    """The runs of `paths`. A sweep's trial with no rows yet is left out; a run folder given
+    by name must hold rows (UserError otherwise)."""
     folders, sweep = run_folders(paths)
-    if not folders:
-        raise UserError(f"no runs under {', '.join(map(str, paths))} yet")
-    runs = [read_run(f) for f in folders]
+    given = {Path(p) for p in paths}
+    runs = []
+    for run in map(read_run, folders):
+        if has_rows(run):
+            runs.append(run)
+        elif run.path in given:
+            what = "holds no rows" if run.metrics.empty else f"lacks {' or '.join(REQUIRED)}"
+            raise UserError(f"{run.path / METRICS_FILE} {what}; nothing to report yet")
+    if not runs:
+        raise UserError(f"no runs with rows under {', '.join(map(str, paths))} yet")
     groups = group_runs(runs, sweep)
     title = sweep["name"] if sweep else (runs[0].name if len(runs) == 1 else f"{len(runs)} runs")
     return Report(title, runs, sweep, groups)

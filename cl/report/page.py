@@ -8,9 +8,11 @@ labels, and the data embedded in the page cannot close its <script> element.
 
 from __future__ import annotations
 
+import contextlib
 import html
 import json
 import math
+import os
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -18,6 +20,7 @@ from typing import Any
 import yaml
 
 from cl import metric_registry
+from cl.errors import UserError
 from cl.report import figures
 from cl.report.collect import Report
 
@@ -223,6 +226,7 @@ def html_page(data: dict, live: bool = False) -> str:
 
     return (
         "<!DOCTYPE html>\n<html><head><meta charset='utf-8'><link rel='icon' href='data:,'>"
+        f"{GENERATOR}"
         f"<title>{html.escape(data['title'])}</title><style>{STYLE}</style>"
         f"<script>{get_plotlyjs()}</script></head><body>"
         "<h1 id='title'></h1><div id='tables'></div><div id='charts'></div>"
@@ -231,13 +235,46 @@ def html_page(data: dict, live: bool = False) -> str:
     )
 
 
-def write_report(report: Report, path: Path) -> Path:
-    """Write the self-contained report of `report` to `path` (atomically)."""
-    tmp = path.with_name(path.name + ".tmp")
+# The mark of a page cl wrote: `-o` replaces only such a file (or a page written before the
+# mark existed, which began with LEGACY), never a run's data or anything else.
+GENERATOR = "<meta name='generator' content='cl report'>"
+LEGACY = "<!DOCTYPE html>\n<html><head><meta charset='utf-8'><link rel='icon' href='data:,'>"
+
+
+def is_report(path: Path) -> bool:
+    """Whether the file `path` is a page `cl report` wrote."""
     try:
-        tmp.write_text(html_page(payload(report)))
+        with open(path, "rb") as f:
+            head = f.read(4096).decode("utf-8", "replace")
+    except OSError:
+        return False
+    return GENERATOR in head or (head.startswith(LEGACY) and "<title>" in head)
+
+
+def check_output(path: Path) -> None:
+    """UserError unless `path` may receive a report: a new file, or a report cl wrote."""
+    if path.is_dir():
+        raise UserError(f"{path} is a folder; give a file name, e.g. -o {path / 'report.html'}")
+    if path.exists() and not is_report(path):
+        raise UserError(
+            f"{path} exists and is not a report cl wrote; refusing to overwrite it "
+            "(give another file name with -o)"
+        )
+
+
+def write_report(report: Report, path: Path) -> Path:
+    """Write the self-contained report of `report` to `path` (atomically), creating missing
+    parent folders; UserError if `path` is a folder or a file cl did not write. An OSError
+    (unwritable, a full disk) leaves no temporary file behind and is raised."""
+    check_output(path)
+    text = html_page(payload(report))
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(text, encoding="utf-8")
         tmp.replace(path)
-    except OSError:  # a full disk: no half-written page left behind
-        tmp.unlink(missing_ok=True)
+    except OSError:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
         raise
     return path

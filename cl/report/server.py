@@ -3,16 +3,30 @@
 Serves exactly two things: the page (`/`) and its data (`/data`, rebuilt from the folders
 when a metrics or summary file changed). Every other path, `../` included, is a 404. Reads the
 folders only; binds to 127.0.0.1 unless told otherwise.
+
+Hardening: a request whose Host header names neither the served address nor localhost
+(with the served port) gets 403 (DNS rebinding); an idle connection is closed after
+IDLE_TIMEOUT seconds; at most MAX_CONNECTIONS are handled at once (the server stops accepting
+until one ends).
 """
 
 from __future__ import annotations
 
+import functools
+import ipaddress
+import socket
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+from cl.errors import UserError
 from cl.report.collect import collect, run_folders
 from cl.report.page import _json, html_page, payload
+
+IDLE_TIMEOUT = 10.0  # seconds a connection may wait for its request (or to take the answer)
+MAX_CONNECTIONS = 32  # connections handled at once
+LOCAL_NAMES = ("localhost", "127.0.0.1", "[::1]")
+WILDCARDS = ("", "0.0.0.0", "::")
 
 
 class Live:
@@ -55,9 +69,58 @@ def _note(e: Exception) -> str:
     return f"<p>waiting for data ({html.escape(str(e).splitlines()[0] if str(e) else '')})</p>"
 
 
-def make_handler(live: Live):
+def split_host(header: str) -> tuple[str, str] | None:
+    """A Host header's (name, port): `name`, `name:port`, `[v6]` or `[v6]:port`; port ''
+    when absent; None when malformed."""
+    header = header.strip().lower()
+    if header.startswith("["):
+        end = header.find("]")
+        name, rest = header[: end + 1], header[end + 1 :]
+        if end < 0 or (rest and not rest.startswith(":")):
+            return None
+        return name, rest[1:]
+    name, _, port = header.partition(":")
+    return (name, port) if ":" not in port else None
+
+
+@functools.cache
+def machine_names() -> tuple[str, str]:
+    return socket.gethostname().lower(), socket.getfqdn().lower()
+
+
+def host_allowed(header: str | None, host: str, port: int) -> bool:
+    """Whether a request's Host header names this server: the served host or a localhost
+    name, with the served port (none: 80). Served on all interfaces (0.0.0.0, ::), an IP
+    address or this machine's name is accepted too; any other name is refused (a DNS
+    rebinding page sends its own domain)."""
+    parts = split_host(header or "")
+    if parts is None or not parts[0] or (parts[1] or "80") != str(port):
+        return False
+    name = parts[0]
+    served = f"[{host}]" if ":" in host else host
+    if name in (*LOCAL_NAMES, served.lower()):
+        return True
+    if host not in WILDCARDS:
+        return False
+    if name in machine_names():
+        return True
+    try:
+        ipaddress.ip_address(name.strip("[]"))
+    except ValueError:
+        return False
+    return True
+
+
+def make_handler(live: Live, host: str = "127.0.0.1"):
     class Handler(BaseHTTPRequestHandler):
+        timeout = IDLE_TIMEOUT  # applied to the connection's socket (StreamRequestHandler)
+
         def do_GET(self):  # noqa: N802 - http.server's name
+            if not host_allowed(self.headers.get("Host"), host, self.server.server_port):
+                self.send_response(403)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
             route = self.path.split("?", 1)[0]
             if route == "/":
                 body, kind = html_page(live.current(), live=True).encode(), "text/html"
@@ -79,15 +142,54 @@ def make_handler(live: Live):
     return Handler
 
 
+class Server(ThreadingHTTPServer):
+    """ThreadingHTTPServer with at most `limit` handler threads: while all are busy it
+    accepts no connection (the kernel queues them)."""
+
+    daemon_threads = True
+
+    def __init__(self, address, handler, limit: int):
+        self.slots = threading.BoundedSemaphore(limit)
+        self.closing = False
+        super().__init__(address, handler)
+
+    def process_request(self, request, client_address):
+        while not self.slots.acquire(timeout=0.2):
+            if self.closing:
+                self.shutdown_request(request)
+                return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self.slots.release()
+            raise
+
+    def process_request_thread(self, request, client_address):
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self.slots.release()
+
+    def shutdown(self):
+        self.closing = True
+        super().shutdown()
+
+
 def serve(paths: list[str], host: str = "127.0.0.1", port: int = 0) -> ThreadingHTTPServer:
-    """A started server (in a thread); `server.server_address` gives the port."""
+    """A started server (in a thread); `server.server_address` gives the port. UserError if a
+    path is neither a run nor a sweep folder, or the address cannot be served."""
     for p in paths:
         if not Path(p).exists():
-            from cl.errors import UserError
-
             raise UserError(f"{p} does not exist")
+    run_folders(paths)  # a folder that holds no run (and is no sweep) is refused
+    if not 0 <= port <= 65535:
+        raise UserError(f"--port {port} must be in 0 .. 65535 (0: a free port)")
     live = Live(list(paths))
-    server = ThreadingHTTPServer((host, port), make_handler(live))
+    try:
+        server = Server((host, port), make_handler(live, host), MAX_CONNECTIONS)
+    except OSError as e:  # in use, not an address of this machine, a name that does not resolve
+        why = e.strerror or str(e)
+        raise UserError(f"cannot serve on {host}:{port}: {why}") from None
     threading.Thread(target=server.serve_forever, daemon=True).start()
     return server
 

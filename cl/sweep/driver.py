@@ -23,7 +23,7 @@ from cl import config, metric_registry
 from cl.errors import UserError
 from cl.interrupt import Interrupted, catch_stops
 from cl.sweep import folder as sweep_folder
-from cl.sweep.spec import SWEEP_KEYS, Spec, from_overrides, from_wandb_file
+from cl.sweep.spec import MAX_TRIALS, SWEEP_KEYS, Spec, from_overrides, from_wandb_file
 
 OWNED = ("run.dir", "run.name", "run.progress", "wandb.group", "wandb.job_type")
 RESUME_OPTIONS = ("workers", "threads", "executor", "address", "retries", "slurm")
@@ -42,6 +42,7 @@ class Options:
     retries: int = 0
     metric: str = "acc"
     slurm: dict[str, Any] = field(default_factory=dict)  # sweep.slurm.* (cl/sweep/slurm.py)
+    max_trials: int = MAX_TRIALS  # more trials are refused before any work
 
 
 def cores() -> int:
@@ -61,7 +62,10 @@ def parse_options(items: list[str], allowed=(*SWEEP_KEYS, "slurm")) -> dict[str,
         if name not in allowed:
             valid = ", ".join(f"sweep.{k}" for k in allowed)
             raise UserError(f"unknown key '{key}'; valid: {valid}")
-        out[name] = yaml.safe_load(text) if text else None
+        try:
+            out[name] = yaml.safe_load(text) if text else None
+        except yaml.YAMLError:
+            raise UserError(f"{key}={text}: not a valid value (an unclosed quote?)") from None
     return out
 
 
@@ -76,8 +80,10 @@ def check_options(o: Options) -> None:
         check_slurm(o.slurm)
     for key in ("workers", "threads"):
         v = getattr(o, key)
-        if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 1):
+        if v is not None and not positive_int(v):
             raise UserError(f"sweep.{key}={v!r} must be a positive integer")
+    if not positive_int(o.max_trials):
+        raise UserError(f"sweep.max_trials={o.max_trials!r} must be a positive integer")
     if not isinstance(o.retries, int) or o.retries < 0:
         raise UserError(f"sweep.retries={o.retries!r} must be an integer >= 0")
     metric = metric_registry.find(o.metric)
@@ -87,6 +93,10 @@ def check_options(o: Options) -> None:
         raise UserError(f"sweep.metric={o.metric!r}; valid: {valid}, wf_W, wp_W (W a window)")
     if o.name is not None and not config_name_ok(o.name):
         raise UserError(f"sweep.name={o.name!r} must be a folder name (letters, digits, _ . - +)")
+
+
+def positive_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 1
 
 
 def config_name_ok(name: str) -> bool:
@@ -141,23 +151,45 @@ def check_owned(spec: dict) -> None:
 
 
 def validate_trials(spec: dict) -> None:
-    """Compose and validate every trial's config; UserError names the offending trial."""
+    """Compose and validate every trial's config; UserError names the offending trial.
+    Trials that differ from an already valid one only in a plain seed (an integer in range)
+    are not composed again: the seed is checked on its own, which keeps large seed sweeps
+    fast."""
     check_owned(spec)
+    valid: set[tuple] = set()
     for trial in spec["trials"]:
+        rest = tuple((k, v) for k, v in trial["values"].items() if k != "seed")
+        if rest in valid and plain_seed(trial["values"].get("seed")):
+            continue
         try:
             config.load(trial_overrides(spec, trial))
         except UserError as e:
             shown = " ".join(f"{k}={v}" for k, v in trial["values"].items())
             raise UserError(f"trial {trial['name']} ({shown}): {e}") from None
+        valid.add(rest)
+
+
+def plain_seed(text: str | None) -> bool:
+    """Whether `text` is absent or a seed that validation accepts (0 .. MAX_SEED)."""
+    from cl.validation import MAX_SEED
+
+    if text is None:
+        return True
+    value = config.parse_value(text)
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_SEED
 
 
 def plan(overrides: list[str], spec_file: str | None) -> tuple[Spec, Options]:
+    config.reject_repeats(overrides)
     sweep_items = [o for o in overrides if o.startswith("sweep.")]
     rest = [o for o in overrides if not o.startswith("sweep.")]
     opts = parse_options(sweep_items)
+    cap = opts.get("max_trials", MAX_TRIALS)
+    if not positive_int(cap):
+        raise UserError(f"sweep.max_trials={cap!r} must be a positive integer")
     if spec_file:
-        spec = from_wandb_file(spec_file)
-        grid = from_overrides(rest)
+        spec = from_wandb_file(spec_file, max_trials=cap)
+        grid = from_overrides(rest, max_trials=cap)
         if any(t.values for t in grid.trials):
             raise UserError("with --spec, sweep the keys in the spec file; overrides apply to all")
         spec.common += grid.common
@@ -165,7 +197,7 @@ def plan(overrides: list[str], spec_file: str | None) -> tuple[Spec, Options]:
         if spec.metric and "metric" not in opts:
             opts["metric"] = spec.metric
     else:
-        spec = from_overrides(rest)
+        spec = from_overrides(rest, max_trials=cap)
     options = Options(**opts)
     check_options(options)
     return spec, options
@@ -194,6 +226,8 @@ def start_sweep(spec: Spec, options: Options, quiet: bool, reuse: bool = False) 
         "swept": swept,
         "trials": [{"name": t.name, "values": t.values} for t in spec.trials],
     }
+    if not quiet:
+        print(f"sweep {path}: {len(spec.trials)} trials; checking their configs", flush=True)
     validate_trials(data)
     if reuse and (path / sweep_folder.SPEC_FILE).is_file():
         old = sweep_folder.read_spec(path)
@@ -217,9 +251,13 @@ def start_sweep(spec: Spec, options: Options, quiet: bool, reuse: bool = False) 
 def resume_sweep(path: str, overrides: list[str], quiet: bool) -> int:
     path_ = Path(path).expanduser().resolve()
     data = sweep_folder.read_spec(path_)
+    config.reject_repeats(overrides)
     if [o for o in overrides if not o.startswith("sweep.")]:
         keys = ", ".join(f"sweep.{k}" for k in RESUME_OPTIONS)
         raise UserError(f"a resumed sweep keeps its trials and config; only {keys} may change")
+    unknown = set(data["options"]) - set(Options.__dataclass_fields__)
+    if unknown:
+        raise UserError(f"{path_ / sweep_folder.SPEC_FILE}: unknown options {sorted(unknown)}")
     new = parse_options(overrides, RESUME_OPTIONS)
     if "slurm" in new:  # sweep.slurm.* given again change only those keys
         new["slurm"] = (data["options"].get("slurm") or {}) | new["slurm"]

@@ -16,7 +16,6 @@ import yaml
 
 from cl import metric_registry
 from cl.errors import UserError
-from cl.store import load_run
 
 SPEC_FILE = "sweep.yaml"
 JOURNAL = "trials.jsonl"
@@ -31,10 +30,44 @@ def write_spec(folder: Path, spec: dict[str, Any]) -> None:
 
 
 def read_spec(folder: Path) -> dict[str, Any]:
+    """`sweep.yaml` of `folder`; UserError if it is missing, not YAML or not of its shape."""
     path = folder / SPEC_FILE
     if not path.is_file():
         raise UserError(f"{folder} is not a cl sweep folder (no {SPEC_FILE})")
-    return yaml.safe_load(path.read_text())
+    try:
+        spec = yaml.safe_load(path.read_text())
+    except (OSError, ValueError, yaml.YAMLError) as e:  # ValueError: bad UTF-8
+        raise UserError(f"cannot read {path}: {' '.join(str(e).split())[:300]}") from None
+    problem = spec_problem(spec)
+    if problem:
+        raise UserError(f"{path} is not a sweep.yaml cl wrote: {problem}")
+    return spec
+
+
+NAMES = {str: "string", dict: "mapping", list: "list"}
+
+
+def spec_problem(spec: Any) -> str | None:
+    """What is wrong with the shape of a read sweep.yaml, or None."""
+    if not isinstance(spec, dict):
+        return "it must hold a mapping (it is empty or holds something else)"
+    shapes = {"name": str, "options": dict, "metric": str, "goal": str, "common": list}
+    shapes |= {"swept": list, "trials": list}
+    for key, kind in shapes.items():
+        if not isinstance(spec.get(key), kind):
+            return f"'{key}' must be a {NAMES[kind]}"
+    for i, t in enumerate(spec["trials"]):
+        if not (isinstance(t, dict) and isinstance(t.get("name"), str)):
+            return f"trials[{i}] must be a mapping with a name"
+        if not isinstance(t.get("values"), dict):
+            return f"trials[{i}] must have values (a mapping)"
+    if not all(isinstance(c, str) for c in spec["common"]):
+        return "'common' must be a list of key=value texts"
+    return None
+
+
+def first_line(e: Exception) -> str:
+    return (str(e).strip().splitlines() or [type(e).__name__])[0]
 
 
 class Journal:
@@ -54,17 +87,40 @@ class Journal:
 
 
 def last_states(folder: Path) -> dict[str, dict[str, Any]]:
-    """Each trial's latest journal record (a torn last line is ignored)."""
+    """Each trial's latest journal record. An unreadable line (a torn last line) is ignored;
+    a JSON line that is not a trial record is a UserError naming it."""
     out: dict[str, dict[str, Any]] = {}
     path = folder / JOURNAL
     if path.is_file():
-        for line in path.read_text().splitlines():
+        for number, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
             try:
                 record = json.loads(line)
             except ValueError:
                 continue
+            attempt = record.get("attempt", 0) if isinstance(record, dict) else None
+            if not (
+                isinstance(record, dict)
+                and isinstance(record.get("trial"), str)
+                and isinstance(record.get("state"), str)
+                and isinstance(attempt, int)
+                and not isinstance(attempt, bool)
+            ):
+                raise UserError(
+                    f"{path}:{number} is not a trial record (a JSON object with trial, state "
+                    f"and an integer attempt): {line[:100]}"
+                )
             out[record["trial"]] = record
     return out
+
+
+def read_summary(run_dir: Path) -> dict[str, Any]:
+    """A trial's summary.json; {} when absent or not a JSON object (the trial shows no
+    metrics rather than stopping the sweep's tables)."""
+    try:
+        summary = json.loads((run_dir / "summary.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return summary if isinstance(summary, dict) else {}
 
 
 def config_label(values: dict[str, str]) -> str:
@@ -85,8 +141,8 @@ def tables(folder: Path, spec: dict[str, Any]):
         row["attempts"] = states.get(name, {}).get("attempt", 0)
         run_dir = folder / "runs" / name
         row["run"] = f"runs/{name}"
-        if (run_dir / "summary.json").is_file():
-            summary = load_run(run_dir).summary
+        summary = read_summary(run_dir)
+        if summary:
             row |= {
                 k: v
                 for k, v in summary.items()

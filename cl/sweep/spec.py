@@ -15,6 +15,7 @@ import itertools
 import math
 import random
 import re
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,10 @@ import yaml
 
 from cl.errors import UserError
 
-SWEEP_KEYS = ("name", "dir", "workers", "threads", "executor", "address", "retries", "metric")
+SWEEP_KEYS = (
+    "name", "dir", "workers", "threads", "executor", "address", "retries", "metric", "max_trials",
+)  # fmt: skip
+MAX_TRIALS = 10_000  # a larger sweep is refused unless sweep.max_trials is raised
 IGNORED = ("program", "command", "early_terminate", "description")
 RANGE = re.compile(r"range\(\s*(-?\d+)\s*,\s*(-?\d+)\s*(?:,\s*(-?\d+)\s*)?\)")
 
@@ -67,14 +71,25 @@ def split_top(text: str) -> list[str]:
     return [p.strip() for p in parts]
 
 
+def _range(key: str, text: str) -> range | None:
+    """`range(a,b[,c])` as a range (not expanded); None if `text` is not one."""
+    m = RANGE.fullmatch(text.strip())
+    if not m:
+        return None
+    try:
+        start, stop, step = int(m[1]), int(m[2]), int(m[3] or 1)
+    except ValueError:  # over 4,300 digits
+        raise UserError(f"{key}={text[:60]}...: range bounds too large") from None
+    if step == 0 or not range(start, stop, step):
+        raise UserError(f"{key}={text} is an empty range")
+    return range(start, stop, step)
+
+
 def sweep_values(key: str, text: str) -> list[str]:
     """The values of `key=text` as override texts: a comma list, range(...), or one value."""
-    m = RANGE.fullmatch(text.strip())
-    if m:
-        start, stop, step = int(m[1]), int(m[2]), int(m[3] or 1)
-        if step == 0 or not range(start, stop, step):
-            raise UserError(f"{key}={text} is an empty range")
-        return [str(v) for v in range(start, stop, step)]
+    r = _range(key, text)
+    if r is not None:
+        return [str(v) for v in r]
     values = split_top(text)
     if len(values) > 1 and any(v == "" for v in values):
         raise UserError(f"{key}={text} has an empty value in its comma list")
@@ -88,13 +103,36 @@ def trial_name(index: int, values: dict[str, str]) -> str:
     return f"{index:03d}-{text}"[:120].rstrip("-.") if text else f"{index:03d}"
 
 
-def from_overrides(overrides: list[str]) -> Spec:
-    """The grid of `overrides` (Hydra's multirun grammar)."""
-    swept: dict[str, list[str]] = {}
-    common = []
+def check_size(n: int, max_trials: int) -> None:
+    if n > max_trials:
+        raise UserError(
+            f"the sweep has {n:,} trials, more than sweep.max_trials={max_trials:,}; sweep "
+            "fewer values, or raise sweep.max_trials if you mean it"
+        )
+
+
+def _count(item: str) -> int:
+    """How many values override `item` sweeps, without expanding a range."""
+    key, text = item.split("=", 1)
+    r = _range(key, text)
+    if r is None:
+        return len(split_top(text))
+    try:
+        return len(r)
+    except OverflowError:  # more than sys.maxsize values
+        return sys.maxsize
+
+
+def from_overrides(overrides: list[str], max_trials: int = MAX_TRIALS) -> Spec:
+    """The grid of `overrides` (Hydra's multirun grammar); UserError if it holds more than
+    `max_trials` trials (checked before the grid is expanded)."""
     for item in overrides:
         if "=" not in item:
             raise UserError(f"override '{item}' is not of the form key=value (e.g. seed=0,1,2)")
+    check_size(math.prod(map(_count, overrides)), max_trials)
+    swept: dict[str, list[str]] = {}
+    common = []
+    for item in overrides:
         key, text = item.split("=", 1)
         values = sweep_values(key, text)
         if len(values) > 1 or RANGE.fullmatch(text.strip()):
@@ -190,9 +228,19 @@ def _grid_values(key: str, p: dict) -> list[Any]:
     )
 
 
-def from_wandb_file(path: str | Path, seed: int = 0) -> Spec:
+def _grid_count(key: str, p: dict) -> int:
+    """How many values `_grid_values` gives, without expanding an integer min/max range."""
+    categorical = "values" in p and p.get("distribution", "categorical") == "categorical"
+    integers = isinstance(p.get("min"), int) and isinstance(p.get("max"), int)
+    if "value" in p or categorical or not integers:
+        return len(_grid_values(key, p))
+    _grid_values(key, {**p, "min": 0, "max": 0})  # the same checks, on a tiny range
+    return max(0, p["max"] - p["min"] + 1)
+
+
+def from_wandb_file(path: str | Path, seed: int = 0, max_trials: int = MAX_TRIALS) -> Spec:
     """The trials of a W&B sweep-configuration file (grid or random; random drawn with
-    `seed`, so the same file gives the same trials)."""
+    `seed`, so the same file gives the same trials); UserError above `max_trials` trials."""
     path = Path(path)
     try:
         spec = yaml.safe_load(path.read_text())
@@ -221,11 +269,13 @@ def from_wandb_file(path: str | Path, seed: int = 0) -> Spec:
         raise UserError(f"{path}: parameters is empty")
     keys = list(params)
     if method == "grid":
+        check_size(math.prod(_grid_count(k, params[k]) for k in keys), max_trials)
         combos = list(itertools.product(*(_grid_values(k, params[k]) for k in keys)))
     else:
         count = spec.get("run_cap", spec.get("count"))
         if not isinstance(count, int) or count <= 0:
             raise UserError(f"{path}: method random needs run_cap (or count), a positive integer")
+        check_size(count, max_trials)
         rng = random.Random(seed)
         combos = [tuple(_draw(k, params[k], rng) for k in keys) for _ in range(count)]
     varying = [k for k in keys if len({_text(c[keys.index(k)]) for c in combos}) > 1 or k == "seed"]
