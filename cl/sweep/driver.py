@@ -112,11 +112,16 @@ def job_type(label: str) -> str:
     return f"{label[:55]}-{hashlib.sha1(label.encode()).hexdigest()[:8]}"
 
 
+def quoted(text: str) -> str:
+    """`text` as an override value that reads back as that string (`000` would be 0)."""
+    return text if isinstance(config.parse_overrides([f"x={text}"])[1][0][1], str) else f"'{text}'"
+
+
 def owned_values(spec: dict, trial: dict) -> dict[str, str]:
     """The keys the sweep sets for each trial (OWNED), with this trial's values."""
     return {
         "run.dir": f"{spec['path']}/runs",
-        "run.name": trial["name"],
+        "run.name": quoted(trial["name"]),
         "run.progress": "false",
         "wandb.group": spec["name"],
         "wandb.job_type": job_type(sweep_folder.config_label(trial["values"])),
