@@ -9,7 +9,6 @@ finished trials, resumes interrupted ones, re-runs failed ones.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import shutil
 import sys
@@ -387,13 +386,6 @@ def _report(path: Path) -> Path | None:
         return None
 
 
-def run_status(run_dir: Path) -> str | None:
-    try:
-        return json.loads((run_dir / "summary.json").read_text()).get("status")
-    except (OSError, ValueError, AttributeError):
-        return None
-
-
 def first_line(text: str | None) -> str:
     return (text or "").strip().splitlines()[0][:200] if text else ""
 
@@ -410,7 +402,7 @@ def next_job(path: Path, data: dict, trial: dict, last: dict, threads: int) -> d
     attempt = last.get("attempt", 0) + (state == "failed")
     run_dir = path / "runs" / name
     job = {"trial": name, "threads": threads, "attempt": max(attempt, 1), "run_dir": str(run_dir)}
-    if state == "finished" or run_status(run_dir) == "finished":
+    if state == "finished" or sweep_folder.run_status(run_dir) == "finished":
         return None
     if state != "failed" and (run_dir / "checkpoint.pt").is_file():
         return job | {"mode": "resume"}

@@ -217,3 +217,11 @@ def load_sweep(path: str | Path) -> Sweep:
         trials = pd.read_csv(path / TRIALS_CSV)
         aggregate = pd.read_csv(path / AGGREGATE_CSV)
     return Sweep(path, spec, trials, aggregate)
+
+
+def run_status(run_dir: Path) -> str | None:
+    """The `status` in a trial's summary.json, or None while it has none (or it is unreadable)."""
+    try:
+        return json.loads((run_dir / "summary.json").read_text()).get("status")
+    except (OSError, ValueError, AttributeError):
+        return None

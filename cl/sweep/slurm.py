@@ -102,8 +102,8 @@ def slurm_trial(job: dict[str, Any]) -> dict[str, Any]:
     """The job's function: start or resume the trial like a local worker. A job that Slurm
     itself started again (a requeue) resumes from the run's checkpoint."""
     from cl.interrupt import note_pending
-    from cl.sweep.driver import run_status
     from cl.sweep.executors import run_trial
+    from cl.sweep.folder import run_status
 
     signal.signal(signal.SIGTERM, note_pending)  # a stop before the run's own handlers
     signal.signal(signal.SIGUSR2, _stop_soon)
