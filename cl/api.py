@@ -14,7 +14,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from cl import checkpoint, config, outputs, plugins
-from cl.catalog import SCENARIOS
 from cl.errors import RunFailed, UserError
 from cl.interrupt import Interrupted, catch_stops
 from cl.schema import RunConfig
@@ -44,7 +43,6 @@ def build_state(cfg: RunConfig, ckpt: dict | None = None):
     """The run state of `cfg`: fresh, or as `ckpt` (a loaded checkpoint) left it."""
     import torch
 
-    from cl import strategy
     from cl.data import load_source
     from cl.environment import resolve_device, seed_everything
     from cl.models import build_model
@@ -60,15 +58,15 @@ def build_state(cfg: RunConfig, ckpt: dict | None = None):
         )
     b = cfg.benchmark
     data = None  # an add-on's scenario (e.g. scenario=avalanche) reads its own data
-    if b.scenario in SCENARIOS:
+    if plugins.scenario(b.scenario).source:
         d = cfg.data
         data = load_source(b.source, d.root, d.download, b.test_fraction, b.split_seed)
     generator = seed_everything(cfg.seed)
     stream = build_stream(b, data, cfg.seed, cfg.eval.subset, cfg.data.root).to(device)
     model = build_model(cfg.model, stream.input_shape, stream.n_classes).to(device)
     ctx = make_context(cfg, stream, model, device, generator)
-    native = [] if plugins.family_of(cfg.strategy) else strategy.build(cfg.strategy)
-    state = RunState(cfg, ctx, native, Monitor(cfg, ctx))
+    hooks = plugins.family_of(cfg.strategy).build(cfg.strategy)  # []: the family's own loop
+    state = RunState(cfg, ctx, hooks, Monitor(cfg, ctx))
     try:
         if ckpt is not None:
             checkpoint.load_strategies(state, ckpt)
@@ -126,7 +124,7 @@ def resume(folder: str | Path, overrides=(), quiet: bool = False) -> Run:
     if not (folder / "config.yaml").is_file():
         raise UserError(f"{folder} is not a cl run folder (no config.yaml)")
     family = plugins.family_of(config._read_yaml(folder / "config.yaml").get("strategy") or {})
-    if family is not None and family.no_checkpoints:
+    if family.no_checkpoints:
         raise UserError(
             f"{folder} ran {family.title} strategies: such runs cannot be resumed exactly "
             f"({family.no_checkpoints}); start it again"
@@ -276,11 +274,8 @@ def _drive(
 ) -> Run:
     """Open the sinks, run the stream from the state's cursor, write the outputs."""
     from cl.console import Progress, summary_table
-    from cl.runner import run_stream
 
-    family = plugins.family_of(cfg.strategy)
-    if family is not None:  # an add-on's strategies train through its own loop
-        run_stream = family.driver()
+    run_stream = plugins.family_of(cfg.strategy).driver()  # cl.runner's, or an add-on's loop
 
     began = time.perf_counter()
     store, wandb, log = open_sinks(cfg, plain_config, folder, run_id, rows, resumed)

@@ -170,6 +170,23 @@ def check_options(name: str, args: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def check_spec(spec: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Validate the config's `strategy` mapping {name: options} (plain); returns it converted
+    (cl's strategy family in `cl.plugins`)."""
+    out = {}
+    for name, args in spec.items():
+        if not isinstance(args, dict):
+            raise UserError(f"strategy.{name} must be a mapping of options, got {args!r}")
+        out[name] = check_options(name, args)
+    return out
+
+
+def check_run(cfg: RunConfig) -> None:
+    """UserError if a strategy of `cfg` cannot run with the rest of it."""
+    for name in cfg.strategy:
+        check_compatible(name, cfg)
+
+
 def check_compatible(name: str, cfg: RunConfig) -> None:
     """UserError if strategy `name` cannot run with the rest of `cfg`."""
     try:

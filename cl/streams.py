@@ -15,7 +15,6 @@ import numpy as np
 import torch
 
 from cl import plugins
-from cl.catalog import SCENARIOS
 from cl.data import Dataset
 from cl.errors import UserError
 from cl.schema import BenchmarkConfig
@@ -80,10 +79,16 @@ def _eval_subset(x: torch.Tensor, y: torch.Tensor, size: int, gen: torch.Generat
 def build_stream(
     cfg: BenchmarkConfig, data: Dataset | None, seed: int, eval_subset: int, root: str = "data"
 ) -> Stream:
-    """Build the stream of `cfg` from `data`; all randomness comes from `seed`. An Avalanche
-    benchmark (`scenario=avalanche`) reads its own data under `root` (`data` is unused)."""
-    if cfg.scenario not in SCENARIOS:  # an add-on's scenario (cl.plugins)
-        return plugins.scenario(cfg.scenario).build(cfg, root, seed, eval_subset)
+    """Build the stream of `cfg` from `data`; all randomness comes from `seed`. The scenario's
+    registry entry builds it (`cl.plugins`): cl's own from `data` (`source_stream`), an
+    add-on's from its own data under `root` (e.g. an Avalanche benchmark; `data` is unused)."""
+    return plugins.scenario(cfg.scenario).build(cfg, data, seed, eval_subset, root)
+
+
+def source_stream(
+    cfg: BenchmarkConfig, data: Dataset, seed: int, eval_subset: int, root: str = "data"
+) -> Stream:
+    """cl's own scenarios: the stream of `cfg` from the data source `data`."""
     gen = torch.Generator().manual_seed(seed)
     if cfg.scenario == "split":
         tasks = _split_tasks(cfg, data, seed)

@@ -14,7 +14,7 @@ from typing import Any
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from cl import plugins
-from cl.catalog import BENCHMARKS, MODELS, SCENARIOS, SOURCE_CLASSES, SOURCES, STRATEGIES
+from cl.catalog import BENCHMARKS, MODELS, SOURCE_CLASSES, SOURCES, STRATEGIES
 from cl.errors import UserError
 from cl.schema import RunConfig
 
@@ -73,13 +73,13 @@ def validate(cfg: DictConfig) -> RunConfig:
     names that become paths, and which strategy, model and scenario can go together.
     """
     _check_finite(as_plain(cfg), "")
-    scenarios = (*SCENARIOS, *plugins.scenarios())
+    scenarios = tuple(plugins.scenarios())
     for key, choices in {"benchmark.scenario": scenarios, **CHOICES}.items():
         value = OmegaConf.select(cfg, key)
         if value not in choices:
             raise UserError(f"{key}={value!r} is not valid; valid choices: {', '.join(choices)}")
     b, m = cfg.benchmark, cfg.model
-    if b.scenario in SCENARIOS and b.name not in BENCHMARKS:
+    if plugins.scenario(b.scenario).source and b.name not in BENCHMARKS:
         raise UserError(f"unknown benchmark '{b.name}'; valid choices: {', '.join(BENCHMARKS)}")
     for key in POSITIVE_INTS:
         _int_in(key, OmegaConf.select(cfg, key), 1, MAX_INT, "a positive integer")
@@ -118,19 +118,10 @@ def validate(cfg: DictConfig) -> RunConfig:
     _check_run_and_wandb(cfg)
     if not cfg.strategy:
         raise UserError(f"strategy is empty; valid choices: {', '.join(STRATEGIES)}")
-    from cl import strategy
-
-    family = plugins.family_of(cfg.strategy)  # an add-on's strategies check their own options
-    if family is not None:
-        cfg.strategy[family.name] = family.check(as_plain(cfg.strategy[family.name]))
-        return OmegaConf.to_object(cfg)
-    for name, args in cfg.strategy.items():
-        if not isinstance(args, DictConfig | dict):
-            raise UserError(f"strategy.{name} must be a mapping of options, got {args!r}")
-        cfg.strategy[name] = strategy.check_options(name, as_plain(args))
+    family = plugins.family_of(cfg.strategy)  # each family checks its own strategies
+    cfg.strategy = family.check(as_plain(cfg.strategy))
     typed = OmegaConf.to_object(cfg)
-    for name in typed.strategy:
-        strategy.check_compatible(name, typed)
+    family.check_run(typed)
     return typed
 
 
@@ -159,13 +150,17 @@ def _int_in(key: str, value: Any, lo: int, hi: int, text: str) -> None:
 
 def _check_benchmark(cfg: DictConfig) -> None:
     b = cfg.benchmark
-    scenario = plugins.scenario(b.scenario)
-    if scenario is not None:  # an add-on's scenario checks its own keys
-        scenario.check(b)
-        return
-    if b.args:
-        takes = "|".join(plugins.scenarios()) or "(none installed)"
-        raise UserError(f"benchmark.args is only for benchmark.scenario={takes}")
+    scenario = plugins.scenario(b.scenario)  # each scenario checks its own keys
+    if scenario.source and b.args:
+        takes = "|".join(n for n, s in plugins.scenarios().items() if not s.source)
+        raise UserError(
+            f"benchmark.args is only for benchmark.scenario={takes or '(none installed)'}"
+        )
+    scenario.check(b)
+
+
+def check_source_benchmark(b: DictConfig) -> None:
+    """The keys of cl's own scenarios (streams built from `benchmark.source`)."""
     n_classes = SOURCE_CLASSES[b.source]
     if b.incremental == "task" and b.scenario != "split":
         raise UserError(

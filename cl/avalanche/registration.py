@@ -14,10 +14,14 @@ def _check_benchmark(b) -> None:
     check_config(b)
 
 
-def _build_stream(cfg, root: str, seed: int, eval_subset: int):
+def _build_stream(cfg, data, seed: int, eval_subset: int, root: str):  # data: None, unused
     from cl.avalanche.benchmarks import build_stream
 
     return build_stream(cfg, root, seed, eval_subset)
+
+
+def _check_strategies(spec: dict) -> dict:
+    return {strategies.KEY: strategies.check(spec[strategies.KEY])}
 
 
 def _driver():
@@ -35,7 +39,7 @@ def register() -> None:
         title="Avalanche",
         members="one Avalanche strategy and any Avalanche plugins",
         defaults=strategies.defaults,
-        check=strategies.check,
+        check=_check_strategies,
         driver=_driver,
         owned=strategies.OWNED,
         no_checkpoints="Avalanche strategies keep state cl's checkpoints cannot hold",
