@@ -329,7 +329,9 @@ def _drive(
                 e.filename = e.filename or str(folder)
                 fault, status = fault or e, "failed"
                 summary.update(
-                    status=status, error=f"stopped by the environment: {os_error(fault)}"
+                    status=status,
+                    complete=False,
+                    error=f"stopped by the environment: {os_error(fault)}",
                 )
                 _try_write_summary(folder, summary)
             code = {"finished": 0, "failed": 1}.get(status, 128 + int(signum or 0))

@@ -35,6 +35,7 @@ class Metric:
     lower_is_better: bool = False
     shown_in: tuple[str, ...] = ()
     logged_in: tuple[str, ...] = SUMMARY  # rows (metrics.jsonl) and/or summary (summary.json)
+    final_only: bool = False  # defined only at the end of the stream (a partial run: left out)
 
     @property
     def is_pattern(self) -> bool:
@@ -55,8 +56,10 @@ def _regex(pattern: str) -> re.Pattern:
     )
 
 
-def _m(key, label, definition, formula="", paper="", lower=False, shown=(), logged=SUMMARY):
-    return Metric(key, label, definition, formula, paper, lower, shown, logged)
+def _m(
+    key, label, definition, formula="", paper="", lower=False, shown=(), logged=SUMMARY, final=False
+):
+    return Metric(key, label, definition, formula, paper, lower, shown, logged, final)
 
 
 METRICS: dict[str, Metric] = {}
@@ -80,6 +83,12 @@ def label(key: str) -> str:
     """`key`'s label, its variable parts filled in (the key itself if unregistered)."""
     m = find(key)
     return m.label.format(**m.match(key)) if m else key
+
+
+def final_only(key: str) -> bool:
+    """Whether `key` is defined only at the end of the stream (ACC, BWT, FWT, forgetting)."""
+    m = find(key)
+    return m is not None and m.final_only
 
 
 def shown(where: str) -> list[Metric]:
@@ -109,6 +118,19 @@ OBJ = ("objective",)
 register(
     # --- the run ---
     _m("status", "status", "finished, interrupted or failed"),
+    _m(
+        "complete",
+        "complete",
+        "true when the run trained the whole stream; false for an interrupted or failed run, "
+        "whose final-only metrics (ACC, BWT, FWT, forgetting) cover only the tasks seen",
+    ),
+    _m(
+        "covers",
+        "covers",
+        "what the numbers cover: training iterations done, tasks seen (started) and the "
+        "stream's number of tasks",
+        "{iterations, tasks_seen, of_tasks}",
+    ),
     _m("error", "error", "why the run failed, when it did"),
     _m("deterministic", "deterministic", "run.deterministic, when cl set torch's flags"),
     _m("iteration", "iteration", "training iterations done", logged=ROWS),
@@ -160,6 +182,7 @@ register(
         "ACC = (1/T) Σ_i R[T−1, i]",
         GEM,
         shown=("console", "sweep", "objective", "report"),
+        final=True,
     ),
     _m(
         "aaa",
@@ -176,6 +199,7 @@ register(
         "BWT = 1/(T−1) Σ_{i<T−1} (R[T−1, i] − R[i, i])",
         GEM,
         shown=("console", "sweep", "objective", "report"),
+        final=True,
     ),
     _m(
         "fwt",
@@ -184,6 +208,7 @@ register(
         "FWT = 1/(T−1) Σ_{i≥1} (R[i−1, i] − b[i])",
         GEM,
         shown=("console", "objective"),
+        final=True,
     ),
     _m(
         "forgetting",
@@ -193,6 +218,7 @@ register(
         RWALK,
         lower=True,
         shown=("console", "sweep", "objective", "report"),
+        final=True,
     ),
     _m(
         "forgetting_per_task",
@@ -200,6 +226,7 @@ register(
         "max-based forgetting f_j of each old task",
         paper=RWALK,
         lower=True,
+        final=True,
     ),
     _m(
         "forgetting_initial_last",
@@ -209,12 +236,14 @@ register(
         "Avalanche StreamForgetting",
         lower=True,
         shown=OBJ,
+        final=True,
     ),
     _m(
         "forgetting_initial_last_per_task",
         "forgetting (initial-last) per task",
         "f_j = R[j, j] − R[T−1, j] of each old task",
         lower=True,
+        final=True,
     ),
     _m(
         "min_acc",

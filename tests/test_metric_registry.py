@@ -35,7 +35,7 @@ EVERYTHING = [  # every tracker on, with strategy statistics
 ]
 RUN_KEYS = {  # what the monitor (row header) and the outputs (summary) add
     "iteration", "experience", "epoch", "status", "error", "deterministic", "n_iterations",
-    "n_eval_rows", "wall_time_s",
+    "n_eval_rows", "wall_time_s", "complete", "covers",
 }  # fmt: skip
 
 
