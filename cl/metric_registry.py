@@ -298,25 +298,35 @@ register(
     _m(
         "gap_depth",
         "gap depth (mean drop after a switch)",
-        "over (switch, old task) pairs: accuracy before the switch minus its minimum during "
-        "the next experience",
+        "mean over (switch, old task) pairs of the task's accuracy at the last evaluation "
+        "before the switch minus its lowest accuracy during the new experience",
         lower=True,
         shown=("console", "objective", "report"),
     ),
     _m(
         "recovery_time",
         "recovery time (iterations)",
-        "iterations from a switch until an old "
-        "task is back within metrics.recovery_tolerance of its accuracy before the switch; "
-        "mean over the pairs that recovered",
+        "mean, over the (switch, old task) pairs whose accuracy fell below its pre-switch value "
+        "minus metrics.recovery_tolerance and got back within the experience, of the training "
+        "iterations from the switch until it was back (null if no pair recovered)",
         lower=True,
         shown=("console", "objective"),
     ),
     _m(
         "recovery_rate",
         "recovery rate",
-        "share of (switch, old task) pairs that recovered within the experience",
+        "share of the (switch, old task) pairs whose accuracy fell below its pre-switch value "
+        "minus metrics.recovery_tolerance that got back within the experience (null if none "
+        "fell)",
         shown=OBJ,
+    ),
+    _m(
+        "n_unrecovered",
+        "pairs never recovered",
+        "number of (switch, old task) pairs whose accuracy fell below its pre-switch value "
+        "minus metrics.recovery_tolerance and did not get back within the experience",
+        lower=True,
+        shown=("console", "objective"),
     ),
     _m(
         "accuracy_matrix",
@@ -427,7 +437,9 @@ register(
     _m(
         "plasticity/srank_99",
         "srank_0.01",
-        "smallest k whose top-k singular values hold 99% of Σ σ",
+        "smallest number k of the largest singular values of the penultimate features on the "
+        "probe batch whose sum reaches 99% of the sum of all singular values (δ = 0.01)",
+        "min k with Σ_{i≤k} σ_i ≥ 0.99 Σ_i σ_i",
         paper="Kumar et al., ICLR 2021",
         logged=ROWS,
     ),
@@ -473,7 +485,9 @@ register(
     _m(
         "srank_99",
         "srank_0.01",
-        "srank at the last probe",
+        "srank_0.01 at the last probe: smallest number k of the largest singular values of the "
+        "penultimate features whose sum reaches 99% of the sum of all singular values",
+        "min k with Σ_{i≤k} σ_i ≥ 0.99 Σ_i σ_i",
         paper="Kumar et al., ICLR 2021",
         shown=OBJ,
     ),
