@@ -84,7 +84,8 @@ def validate(cfg: DictConfig) -> RunConfig:
     b, m = cfg.benchmark, cfg.model
     if b.scenario in SCENARIOS and b.name not in BENCHMARKS:
         hint = did_you_mean(b.name, BENCHMARKS)
-        raise UserError(f"unknown benchmark '{b.name}'{hint}; valid choices: {', '.join(BENCHMARKS)}")
+        valid = ", ".join(BENCHMARKS)
+        raise UserError(f"unknown benchmark '{b.name}'{hint}; valid choices: {valid}")
     for key in POSITIVE_INTS:
         _int_in(key, OmegaConf.select(cfg, key), 1, MAX_INT, "a positive integer")
     _int_in("plasticity.every", cfg.plasticity.every, 0, MAX_INT, "an integer >= 0 (0 = off)")
