@@ -35,6 +35,8 @@ SWEEP_EPILOG = """examples:
 options: sweep.name, sweep.dir (sweeps), sweep.workers, sweep.threads, sweep.executor
 (local | ray), sweep.address, sweep.retries (0), sweep.metric (acc), sweep.max_trials
 (10000: a larger sweep is refused before any work)
+A trial runs with sweep.threads torch threads (default 1), so its numbers may differ slightly
+from `cl run` with the same seed (which uses torch's default thread count).
 """
 
 
@@ -73,7 +75,9 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="print the resolved config and exit without running",
     )
-    r.add_argument("-q", "--quiet", action="store_true", help="no progress bar or table")
+    r.add_argument(
+        "-q", "--quiet", action="store_true", help="no progress bar or table: only the run folder"
+    )
     r.add_argument(
         "--resume",
         metavar="RUN_DIR",
@@ -176,15 +180,25 @@ def _run(args) -> None:
 
         if args.print_config:
             raise UserError("--print-config and --resume do not go together")
-        resume(args.resume, args.overrides, quiet=args.quiet)
+        run = resume(args.resume, args.overrides, quiet=args.quiet)
+        if args.quiet and run is not None:
+            print(f"run {run.path}")  # -q: the folder, one line
+        return
+    if args.print_config:
+        tree = config.compose(args.overrides)
+        missing = sorted(config.OmegaConf.missing_keys(tree))
+        if not missing:  # complete: validated like a run
+            tree = config.load(args.overrides)[1]
+        print(config.to_yaml(tree), end="")
+        if missing:
+            print(f"note: ??? marks required options; set {', '.join(missing)}", file=sys.stderr)
         return
     cfg, tree = config.load(args.overrides)
-    if args.print_config:
-        print(config.to_yaml(tree), end="")
-        return
     from cl.api import start
 
-    start(cfg, config.as_plain(tree), quiet=args.quiet)
+    run = start(cfg, config.as_plain(tree), quiet=args.quiet)
+    if args.quiet:
+        print(f"run {run.path}")  # -q: the folder, one line
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -8,6 +8,7 @@ groups (`defaults:`) and set keys. Importing this module does not import torch.
 
 from __future__ import annotations
 
+import difflib
 import os
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from cl import plugins
 from cl.catalog import STRATEGIES
-from cl.errors import UserError
+from cl.errors import UserError, comma_hint, did_you_mean
 from cl.resources import shipped_folder
 from cl.schema import RunConfig
 from cl.validation import as_plain, validate  # noqa: F401 - as_plain: cl.config.as_plain
@@ -50,7 +51,8 @@ def _group_file(group: str, option: str) -> dict:
     path = config_dir() / group / f"{option}.yaml"
     if not path.is_file():
         choices = ", ".join(options(group)) or "(none)"
-        raise UserError(f"unknown {group} '{option}'; valid choices: {choices}")
+        hint = comma_hint(group, option) or did_you_mean(option, options(group))
+        raise UserError(f"unknown {group} '{option}'{hint}; valid choices: {choices}")
     return _read_yaml(path)
 
 
@@ -119,7 +121,8 @@ def _strategy_names(value: Any) -> tuple[list[str], plugins.Family | None]:
         )
     for n in names:
         if family is None and n not in STRATEGIES:
-            raise UserError(f"unknown strategy '{n}'; valid choices: {', '.join(STRATEGIES)}")
+            hint = comma_hint("strategy", n) or did_you_mean(n, STRATEGIES)
+            raise UserError(f"unknown strategy '{n}'{hint}; valid choices: {', '.join(STRATEGIES)}")
     if len(set(names)) != len(names):
         raise UserError(f"strategy lists '{names}' with a repeated name")
     return names, family
@@ -201,11 +204,35 @@ def _assign(cfg: DictConfig, key: str, value: Any) -> None:
             parent[leaf] = OmegaConf.create(value) if isinstance(value, list | dict) else value
         return
     if not isinstance(parent, DictConfig) or leaf not in parent.keys():  # keys(): also ???
-        valid = ", ".join(parent.keys()) if isinstance(parent, DictConfig) else "(none)"
-        raise UserError(f"unknown key '{key}'; valid keys here: {valid}")
+        raise UserError(_unknown_key(cfg, key))
     if isinstance(value, list | dict):
         value = OmegaConf.create(value)
     OmegaConf.update(cfg, key, value, merge=False)
+
+
+def _unknown_key(cfg: DictConfig, key: str) -> str:
+    """The message for an unknown dotted key: its first unknown part, the closest keys."""
+    node, done = cfg, []
+    for part in key.split("."):
+        if not isinstance(node, DictConfig) or part not in node.keys():
+            break
+        node, done = node[part], [*done, part]
+    where = ".".join(done)
+    if not isinstance(node, DictConfig):
+        return f"unknown key '{key}': {where} is a value, not a group of keys"
+    valid = list(node.keys())
+    prefix = f"{where}." if where else ""
+    bad = key.split(".")[len(done)]
+    close = difflib.get_close_matches(bad, valid, n=2, cutoff=0.6)
+    rest = key.split(".")[len(done) + 1 :]
+    hint = (
+        " (did you mean " + " or ".join(repr(".".join([prefix + c, *rest])) for c in close) + "?)"
+        if close
+        else ""
+    )
+    return f"unknown key '{key}'{hint}; valid keys {'in ' + where if where else 'at the top'}: " + (
+        ", ".join(valid) or "(none)"
+    )
 
 
 def _explain(e: OmegaConfBaseException) -> str:

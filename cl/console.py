@@ -55,14 +55,33 @@ def summary_keys(summary: dict) -> list[tuple[str, str]]:
 
 
 def summary_table(summary: dict, title: str = "") -> str:
+    """The end-of-run table; a partial run (`complete` false) says so in its title, and the
+    metrics defined only at the end of the stream (ACC, BWT ...) are left out."""
+    partial = summary.get("complete") is False
+    c = summary.get("covers") or {}
+    if partial:
+        title = (
+            f"{title} (partial: {summary.get('status', 'stopped')} at iteration "
+            f"{c.get('iterations', '?')}, {c.get('tasks_seen', '?')} of "
+            f"{c.get('of_tasks', '?')} tasks seen)"
+        ).strip()
     lines = [title] if title else []
     width = max(len(m.label) for m in metric_registry.shown("console"))
+    left_out = []
     for key, label in summary_keys(summary):
+        if partial and metric_registry.final_only(key):
+            left_out.append(label.split(" (")[0])
+            continue
         value = summary[key]
         text = (
             "n/a" if value is None else (f"{value:.4f}" if isinstance(value, float) else str(value))
         )
         lines.append(f"  {label:<{width}}  {text}")
+    if left_out:
+        lines.append(
+            f"  left out: {', '.join(left_out)} (defined at the end of the stream; "
+            "summary.json has them over the tasks seen, with complete: false)"
+        )
     if summary.get("deterministic") is False:
         lines.append("  note: run.deterministic=false, so results may not be bit-reproducible")
     return "\n".join(lines)

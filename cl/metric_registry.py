@@ -35,6 +35,7 @@ class Metric:
     lower_is_better: bool = False
     shown_in: tuple[str, ...] = ()
     logged_in: tuple[str, ...] = SUMMARY  # rows (metrics.jsonl) and/or summary (summary.json)
+    final_only: bool = False  # defined only at the end of the stream (a partial run: left out)
 
     @property
     def is_pattern(self) -> bool:
@@ -55,8 +56,10 @@ def _regex(pattern: str) -> re.Pattern:
     )
 
 
-def _m(key, label, definition, formula="", paper="", lower=False, shown=(), logged=SUMMARY):
-    return Metric(key, label, definition, formula, paper, lower, shown, logged)
+def _m(
+    key, label, definition, formula="", paper="", lower=False, shown=(), logged=SUMMARY, final=False
+):
+    return Metric(key, label, definition, formula, paper, lower, shown, logged, final)
 
 
 METRICS: dict[str, Metric] = {}
@@ -80,6 +83,12 @@ def label(key: str) -> str:
     """`key`'s label, its variable parts filled in (the key itself if unregistered)."""
     m = find(key)
     return m.label.format(**m.match(key)) if m else key
+
+
+def final_only(key: str) -> bool:
+    """Whether `key` is defined only at the end of the stream (ACC, BWT, FWT, forgetting)."""
+    m = find(key)
+    return m is not None and m.final_only
 
 
 def shown(where: str) -> list[Metric]:
@@ -109,6 +118,19 @@ OBJ = ("objective",)
 register(
     # --- the run ---
     _m("status", "status", "finished, interrupted or failed"),
+    _m(
+        "complete",
+        "complete",
+        "true when the run trained the whole stream; false for an interrupted or failed run, "
+        "whose final-only metrics (ACC, BWT, FWT, forgetting) cover only the tasks seen",
+    ),
+    _m(
+        "covers",
+        "covers",
+        "what the numbers cover: training iterations done, tasks seen (started) and the "
+        "stream's number of tasks",
+        "{iterations, tasks_seen, of_tasks}",
+    ),
     _m("error", "error", "why the run failed, when it did"),
     _m("deterministic", "deterministic", "run.deterministic, when cl set torch's flags"),
     _m("iteration", "iteration", "training iterations done", logged=ROWS),
@@ -160,6 +182,7 @@ register(
         "ACC = (1/T) Σ_i R[T−1, i]",
         GEM,
         shown=("console", "sweep", "objective", "report"),
+        final=True,
     ),
     _m(
         "aaa",
@@ -176,6 +199,7 @@ register(
         "BWT = 1/(T−1) Σ_{i<T−1} (R[T−1, i] − R[i, i])",
         GEM,
         shown=("console", "sweep", "objective", "report"),
+        final=True,
     ),
     _m(
         "fwt",
@@ -184,6 +208,7 @@ register(
         "FWT = 1/(T−1) Σ_{i≥1} (R[i−1, i] − b[i])",
         GEM,
         shown=("console", "objective"),
+        final=True,
     ),
     _m(
         "forgetting",
@@ -193,6 +218,7 @@ register(
         RWALK,
         lower=True,
         shown=("console", "sweep", "objective", "report"),
+        final=True,
     ),
     _m(
         "forgetting_per_task",
@@ -200,6 +226,7 @@ register(
         "max-based forgetting f_j of each old task",
         paper=RWALK,
         lower=True,
+        final=True,
     ),
     _m(
         "forgetting_initial_last",
@@ -209,12 +236,14 @@ register(
         "Avalanche StreamForgetting",
         lower=True,
         shown=OBJ,
+        final=True,
     ),
     _m(
         "forgetting_initial_last_per_task",
         "forgetting (initial-last) per task",
         "f_j = R[j, j] − R[T−1, j] of each old task",
         lower=True,
+        final=True,
     ),
     _m(
         "min_acc",
@@ -269,25 +298,35 @@ register(
     _m(
         "gap_depth",
         "gap depth (mean drop after a switch)",
-        "over (switch, old task) pairs: accuracy before the switch minus its minimum during "
-        "the next experience",
+        "mean over (switch, old task) pairs of the task's accuracy at the last evaluation "
+        "before the switch minus its lowest accuracy during the new experience",
         lower=True,
         shown=("console", "objective", "report"),
     ),
     _m(
         "recovery_time",
         "recovery time (iterations)",
-        "iterations from a switch until an old "
-        "task is back within metrics.recovery_tolerance of its accuracy before the switch; "
-        "mean over the pairs that recovered",
+        "mean, over the (switch, old task) pairs whose accuracy fell below its pre-switch value "
+        "minus metrics.recovery_tolerance and got back within the experience, of the training "
+        "iterations from the switch until it was back (null if no pair recovered)",
         lower=True,
         shown=("console", "objective"),
     ),
     _m(
         "recovery_rate",
         "recovery rate",
-        "share of (switch, old task) pairs that recovered within the experience",
+        "share of the (switch, old task) pairs whose accuracy fell below its pre-switch value "
+        "minus metrics.recovery_tolerance that got back within the experience (null if none "
+        "fell)",
         shown=OBJ,
+    ),
+    _m(
+        "n_unrecovered",
+        "pairs never recovered",
+        "number of (switch, old task) pairs whose accuracy fell below its pre-switch value "
+        "minus metrics.recovery_tolerance and did not get back within the experience",
+        lower=True,
+        shown=("console", "objective"),
     ),
     _m(
         "accuracy_matrix",
@@ -398,7 +437,9 @@ register(
     _m(
         "plasticity/srank_99",
         "srank_0.01",
-        "smallest k whose top-k singular values hold 99% of Σ σ",
+        "smallest number k of the largest singular values of the penultimate features on the "
+        "probe batch whose sum reaches 99% of the sum of all singular values (δ = 0.01)",
+        "min k with Σ_{i≤k} σ_i ≥ 0.99 Σ_i σ_i",
         paper="Kumar et al., ICLR 2021",
         logged=ROWS,
     ),
@@ -444,7 +485,9 @@ register(
     _m(
         "srank_99",
         "srank_0.01",
-        "srank at the last probe",
+        "srank_0.01 at the last probe: smallest number k of the largest singular values of the "
+        "penultimate features whose sum reaches 99% of the sum of all singular values",
+        "min k with Σ_{i≤k} σ_i ≥ 0.99 Σ_i σ_i",
         paper="Kumar et al., ICLR 2021",
         shown=OBJ,
     ),

@@ -185,7 +185,9 @@ class SwitchEffect:
     task: int
     before: float  # accuracy at the last evaluation before the switch
     depth: float  # before - min accuracy during experience `switch`
-    recovery: int | None  # iterations until back within tolerance of `before`; None = never
+    recovery: int | None  # iterations until back within tolerance of `before` after falling
+    # below it; None if it did not fall (`fell` false) or never got back
+    fell: bool = True  # the accuracy fell below before - tolerance during the experience
 
 
 def switch_effects(
@@ -203,12 +205,27 @@ def switch_effects(
             before = A[prev[-1], i]
             v = A[during, i]
             low = int(np.argmin(v))
-            recovery: int | None = 0
-            if v[low] < before - tolerance:
+            fell = bool(v[low] < before - tolerance)
+            recovery = None
+            if fell:
                 back = np.flatnonzero(v[low:] >= before - tolerance)
                 recovery = int(it[during[low + back[0]]] - start) if len(back) else None
-            out.append(SwitchEffect(k, i, float(before), float(before - v[low]), recovery))
+            depth = float(before - v[low])
+            out.append(SwitchEffect(k, i, float(before), depth, recovery, fell))
     return out
+
+
+def recovery(effects: list[SwitchEffect]) -> dict:
+    """Over the (switch, old task) pairs whose accuracy fell below `before` − tolerance: the
+    mean iterations to get back (those that did; None if none did), the share that did (None
+    if none fell), and how many never did. Pairs that did not fall count in none of them."""
+    fell = [e for e in effects if e.fell]
+    times = [e.recovery for e in fell if e.recovery is not None]
+    return {
+        "recovery_time": float(np.mean(times)) if times else None,
+        "recovery_rate": len(times) / len(fell) if fell else None,
+        "n_unrecovered": len(fell) - len(times),
+    }
 
 
 # --- per-evaluation updates --------------------------------------------------------------
@@ -297,7 +314,6 @@ def summarize(
     done = int(exp[-1]) + 1  # experiences reached (a failed run may stop early)
     Rd = R[:done, :done]
     effects = switch_effects(A, exp, it, tolerance)
-    recovered = [e.recovery for e in effects if e.recovery is not None]
     out = {
         "acc": acc(Rd),
         "aaa": aaa(A, exp, it),
@@ -311,8 +327,7 @@ def summarize(
         "wc_acc": wc_acc(A, exp),
         "lca": lca(A, exp, lca_beta),
         "gap_depth": float(np.mean([e.depth for e in effects])) if effects else None,
-        "recovery_time": float(np.mean(recovered)) if recovered else None,
-        "recovery_rate": len(recovered) / len(effects) if effects else None,
+        **recovery(effects),
         "accuracy_matrix": R.tolist(),
     }
     for w in windows:

@@ -18,16 +18,24 @@ def summary(
 ) -> dict:
     """Every final metric of what was recorded so far, with the run's status (and its
     `run.deterministic`, when cl set torch's flags)."""
-    out: dict = {"status": status}
+    out: dict = {"status": status, "complete": status == "finished"}
     if error:
         out["error"] = error
     if deterministic is not None:
         out["deterministic"] = deterministic
     out.update(state.monitor.summary())
     out["n_iterations"] = state.ctx.iteration
+    out["covers"] = covers(state)
     out["n_eval_rows"] = len(state.monitor.record.accs)
     out["wall_time_s"] = round(wall_time_s, 3)
     return out
+
+
+def covers(state) -> dict:
+    """What a summary's numbers cover: iterations done, tasks seen (started), tasks in all."""
+    ctx = state.ctx
+    seen = ctx.experience + 1 if ctx.iteration else 0
+    return {"iterations": ctx.iteration, "tasks_seen": seen, "of_tasks": ctx.stream.n_tasks}
 
 
 def write_tables(folder: Path, state) -> None:

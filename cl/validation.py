@@ -15,7 +15,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from cl import plugins
 from cl.catalog import BENCHMARKS, MODELS, SOURCE_CLASSES, SOURCES, STRATEGIES
-from cl.errors import UserError
+from cl.errors import UserError, comma_hint, did_you_mean
 from cl.schema import RunConfig
 
 CHOICES = {
@@ -77,10 +77,15 @@ def validate(cfg: DictConfig) -> RunConfig:
     for key, choices in {"benchmark.scenario": scenarios, **CHOICES}.items():
         value = OmegaConf.select(cfg, key)
         if value not in choices:
-            raise UserError(f"{key}={value!r} is not valid; valid choices: {', '.join(choices)}")
+            hint = comma_hint(key, value) or did_you_mean(value, choices)
+            raise UserError(
+                f"{key}={value!r} is not valid{hint}; valid choices: {', '.join(choices)}"
+            )
     b, m = cfg.benchmark, cfg.model
     if plugins.scenario(b.scenario).source and b.name not in BENCHMARKS:
-        raise UserError(f"unknown benchmark '{b.name}'; valid choices: {', '.join(BENCHMARKS)}")
+        hint = did_you_mean(b.name, BENCHMARKS)
+        valid = ", ".join(BENCHMARKS)
+        raise UserError(f"unknown benchmark '{b.name}'{hint}; valid choices: {valid}")
     for key in POSITIVE_INTS:
         _int_in(key, OmegaConf.select(cfg, key), 1, MAX_INT, "a positive integer")
     _int_in("plasticity.every", cfg.plasticity.every, 0, MAX_INT, "an integer >= 0 (0 = off)")

@@ -45,7 +45,8 @@ def test_grammar_puts_arguments_under_strategy_avalanche():
         (["strategy=avalanche.EWC"], r"needs strategy.avalanche.EWC.ewc_lambda=<float>"),
         (
             ["strategy=avalanche.EWC", "strategy.avalanche.EWC.lam=1"],
-            r"unknown key 'strategy.avalanche.EWC.lam'; valid keys here: ewc_lambda, mode",
+            r"unknown key 'strategy.avalanche.EWC.lam'; valid keys in strategy.avalanche.EWC: "
+            r"ewc_lambda, mode",
         ),
         (
             ["strategy=avalanche.EWC", "strategy.avalanche.EWC.ewc_lambda=big"],

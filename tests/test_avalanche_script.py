@@ -157,7 +157,7 @@ def test_cl_run_on_an_avalanche_permuted_benchmark(mnist_root, fast):
         "strategy=naive",
     ]
     run = cl.run(over, quiet=True)
-    assert run.path.name.startswith("PermutedMNIST-naive-s0")
+    assert run.path.name.startswith("PermutedMNIST-mlp-naive-s0-")
     assert run.summary["status"] == "finished" and run.summary["n_iterations"] == 6
     assert len(run.summary["accuracy_matrix"]) == 2
 

@@ -91,6 +91,19 @@ def test_every_strategy_yaml_matches_its_constructor():
         (["benchmark.source=mnist1d", "model=cnn"], "needs image inputs"),
         (["eval.every=0"], "eval.every=0 must be a positive integer"),
         (["seed"], "not of the form key=value"),
+        (["trian.epochs=1"], "unknown key 'trian.epochs' (did you mean 'train.epochs'?)"),
+        (["train.epoch=1"], "(did you mean 'train.epochs'?); valid keys in train: epochs"),
+        (["strategy=replai"], "unknown strategy 'replai' (did you mean 'replay'?)"),
+        (["benchmark=rotated_mnsit"], "(did you mean 'rotated_mnist'"),
+        (["model=mpl"], "unknown model 'mpl' (did you mean 'mlp'?)"),
+        (["optim=sdg"], "unknown optim 'sdg' (did you mean 'sgd'?)"),
+        (["optim.name=adm"], "optim.name='adm' is not valid (did you mean 'adam'?)"),
+        (["benchmark.source=digit"], "(did you mean 'digits'?)"),
+        (
+            ["strategy=replay,gem"],
+            "to compose strategies write strategy=[replay,gem], to compare them, sweep: "
+            "cl sweep strategy=replay,gem",
+        ),
     ],
 )
 def test_validation_errors_name_the_key(override, message):
@@ -162,3 +175,36 @@ def test_strategy_option_errors_explain_the_grammar():
         config.load(["strategy.mem_size=10"])
     with pytest.raises(UserError, match="not selected; selected: naive"):
         config.load(["strategy=naive", "strategy.replay.mem_size=10"])
+
+
+def test_default_run_names_say_what_ran():
+    from cl import api
+
+    def name(*overrides):
+        cfg, tree = config.load(list(overrides))
+        return api.default_name(cfg, config.as_plain(tree))
+
+    assert name().startswith("split_mnist-mlp-replay-s0-")
+    assert name("benchmark.source=digits").startswith("split_digits-mlp-replay-s0-")
+    assert "-replay_reservoir-" in name("strategy.replay.buffer=reservoir")
+    assert name("strategy=[replay,naive]", "seed=2").startswith("split_mnist-mlp-replay+naive-s2-")
+    assert name("optim.lr=0.5") != name("optim.lr=0.1") != name()
+    assert name("run.progress=false", "wandb.mode=disabled") == name()
+
+
+def test_print_config_shows_required_strategy_options(capsys):
+    from cl.cli import main
+
+    assert main(["run", "--print-config", "strategy=avalanche.LwF"]) == 0
+    out, err = capsys.readouterr()
+    assert "alpha: ???" in out and "strategy.avalanche.LwF.alpha" in err
+
+
+def test_quiet_run_prints_its_folder(tmp_path, capsys):
+    from cl.cli import main
+
+    args = ["run", "-q", "benchmark.source=digits", "benchmark.n_tasks=2", "train.epochs=1",
+            "model.hidden=[16]", "eval.subset=20", "wandb.mode=disabled", "run.report=false",
+            f"run.dir={tmp_path}", "run.name=q"]  # fmt: skip
+    assert main(args) == 0
+    assert capsys.readouterr().out.splitlines() == [f"run {tmp_path / 'q'}"]

@@ -35,7 +35,7 @@ EVERYTHING = [  # every tracker on, with strategy statistics
 ]
 RUN_KEYS = {  # what the monitor (row header) and the outputs (summary) add
     "iteration", "experience", "epoch", "status", "error", "deterministic", "n_iterations",
-    "n_eval_rows", "wall_time_s",
+    "n_eval_rows", "wall_time_s", "complete", "covers",
 }  # fmt: skip
 
 
@@ -84,3 +84,16 @@ def test_docs_carry_the_registry_index():
     assert index in text, "docs/metrics.md is stale: CL_UPDATE_DOCS=1 pytest " + __file__
     for key in metric_registry.METRICS:
         assert f"`{key}`" in text, key
+
+
+def test_definitions_are_plain_text():
+    """The report shows definitions and formulas as HTML text: no Markdown or LaTeX markup."""
+    from cl import l2m  # noqa: F401 - the add-on's keys too
+
+    for m in metric_registry.METRICS.values():
+        for text in (m.label, m.definition, m.formula):
+            bad = [c for c in ("`", "*", "\\", "$") if c in text]
+            assert not bad, f"{m.key}: {text!r} has markup {bad}"
+    gap, time, rate = (metric_registry.METRICS[k].definition for k in (
+        "gap_depth", "recovery_time", "recovery_rate"))  # fmt: skip
+    assert len({gap, time, rate}) == 3

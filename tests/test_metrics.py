@@ -185,14 +185,44 @@ def test_gap_depth_and_recovery_time():
     s = metrics.summarize(SEQ, EXP, IT, 3, windows=(3,), lca_beta=2)
     assert s["gap_depth"] == pytest.approx(0.516667, abs=1e-6)
     assert s["recovery_time"] == pytest.approx(3.5)
-    assert s["recovery_rate"] == pytest.approx(2 / 3)
+    assert s["recovery_rate"] == pytest.approx(2 / 3) and s["n_unrecovered"] == 1
     assert s["wf_3"] == pytest.approx(0.416667, abs=1e-6) and s["lca"] == pytest.approx(0.55)
 
 
-def test_recovery_is_zero_when_the_task_never_drops_below_tolerance():
+def test_a_task_that_never_drops_below_tolerance_has_nothing_to_recover():
     A = np.array([[0.9, NAN], [0.88, 0.5], [0.9, 0.8]])
     (e,) = metrics.switch_effects(A, np.array([0, 1, 1]), np.array([1, 2, 3]), tolerance=0.05)
-    assert e.recovery == 0 and e.depth == pytest.approx(0.02)
+    assert not e.fell and e.recovery is None and e.depth == pytest.approx(0.02)
+    assert metrics.recovery([e]) == {
+        "recovery_time": None, "recovery_rate": None, "n_unrecovered": 0
+    }  # fmt: skip
+
+
+def test_recovery_counts_only_the_pairs_that_fell_and_came_back():
+    """By hand, 3 tasks x 3 evaluations each (iterations 1..9), tolerance 0.05:
+    switch 1: task 0 falls 0.9 -> 0.2 and is back at 0.88 at iteration 6 (3 after the switch
+    at iteration 3); switch 2: task 0 stays at 0.9 (did not fall), task 1 falls 0.8 -> 0.0
+    and never comes back (a naive run's forgotten task)."""
+    A = np.array(
+        [
+            [0.5, NAN, NAN], [0.8, NAN, NAN], [0.9, NAN, NAN],
+            [0.2, 0.5, NAN], [0.6, 0.7, NAN], [0.88, 0.8, NAN],
+            [0.9, 0.0, 0.4], [0.9, 0.0, 0.6], [0.9, 0.0, 0.8],
+        ]
+    )  # fmt: skip
+    exp, it = np.repeat([0, 1, 2], 3), np.arange(1, 10)
+    got = {(e.switch, e.task): (e.fell, e.recovery) for e in metrics.switch_effects(A, exp, it)}
+    assert got == {(1, 0): (True, 3), (2, 0): (False, None), (2, 1): (True, None)}
+    s = metrics.summarize(A, exp, it, 3, windows=(3,), lca_beta=2)
+    assert s["recovery_time"] == 3.0  # the one pair that recovered, not 0 for the others
+    assert s["recovery_rate"] == 0.5  # 1 of the 2 pairs that fell; the steady pair is out
+    assert s["n_unrecovered"] == 1
+    assert s["gap_depth"] == pytest.approx((0.7 - 0.02 + 0.8) / 3)  # (2, 0) rose: 0.88 -> 0.9
+    # a naive-like record where every fallen task stays at 0: no recovery time, rate 0
+    naive = A.copy()
+    naive[3:, 0] = 0.0
+    s = metrics.summarize(naive, exp, it, 3, windows=(3,), lca_beta=2)
+    assert s["recovery_time"] is None and s["recovery_rate"] == 0.0 and s["n_unrecovered"] == 2
 
 
 def test_streaming_windowed_metrics_match_the_batch_form():

@@ -52,6 +52,8 @@ def test_quick_version_runs(name, tmp_path):
     rows = read_claims(folder)
     assert len(rows) == len(reproduce.claims(name))
     assert all(r["measured"] != "n/a" for r in rows)
+    assert all(r["holds"] in ("yes", "NO (quick scale)") for r in rows)  # a miss says why
+    assert "quick runs may miss claims" in (folder / "claims.md").read_text()
     assert (folder / "figure.png").stat().st_size > 10_000
     # a second call reuses the finished sweep: nothing reruns, same table
     before = (folder / "claims.md").read_text()

@@ -28,6 +28,7 @@ class Accuracy(Tracker):
         "sg/wc_acc", "sg/wf_{w}", "sg/wp_{w}", "acc", "aaa", "bwt", "fwt", "forgetting",
         "forgetting_per_task", "forgetting_initial_last", "forgetting_initial_last_per_task",
         "min_acc", "wc_acc", "lca", "gap_depth", "recovery_time", "recovery_rate",
+        "n_unrecovered",
         "accuracy_matrix", "wf_{w}", "wp_{w}", "wp_official_{w}",
     )  # fmt: skip
 
