@@ -254,7 +254,12 @@ def test_runs_of_different_lengths_share_one_gap_view(tmp_path):
     long = synthetic_run(tmp_path / "long", iterations=600, tasks=4)
     (long / "config.yaml").write_text("seed: 0\nstrategy: joint\n")
     figure, stats = gap(collect([short, long]))
-    assert len(stats) == 3  # the longer run's three switches
+    assert [(s["group"], s["switch"]) for s in stats] == [  # each run's own switches
+        ("strategy=none", 1),
+        ("strategy=joint", 1),
+        ("strategy=joint", 2),
+        ("strategy=joint", 3),
+    ]
     panels = {t.get("xaxis") for t in figure["data"]}
     assert len(panels) == 3
     assert build([short, long], tmp_path / "both.html").stat().st_size > 0
