@@ -474,3 +474,31 @@ def test_a_mixed_page_shows_each_configuration_its_own_numbers(mixed, browser, t
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_configurations_are_named_shortly_by_what_differs_or_their_label(tmp_path):
+    """Unrelated runs: short names (sections dropped, abbreviated past MAX_LABEL with the
+    full text kept); a `run.label` names its configuration; seeds of one config group."""
+    from cl.report.collect import MAX_LABEL, collect
+    from cl.report.page import payload
+
+    configs = {
+        "a": "seed: 0\nstrategy: {naive: {}}\nbenchmark: {n_tasks: 2, angles: null}\n",
+        "b": "seed: 0\nstrategy: {replay: {mem_size: 200}}\n"
+        "benchmark: {n_tasks: 2, angles: [0, 90], name: rotated_mnist_with_a_long_name}\n",
+        "c": "seed: 1\nstrategy: {naive: {}}\nbenchmark: {n_tasks: 2, angles: null}\n",
+        "d": "seed: 0\nstrategy: {naive: {}}\nbenchmark: {n_tasks: 2, angles: null}\n"
+        "run: {label: baseline <b>}\n",
+    }
+    for name, text in configs.items():
+        (synthetic_run(tmp_path / name, iterations=200, tasks=2) / "config.yaml").write_text(text)
+    report = collect([tmp_path / n for n in configs])
+    a, b, c, d = (r.group for r in report.runs)
+    assert a == c and len({a, b, d}) == 3  # seeds 0 and 1 of one configuration
+    assert report.groups[0] == "strategy=naive angles=None"  # name: only b sets it
+    assert len(report.groups[1]) == MAX_LABEL and report.groups[1].endswith("…")
+    assert report.full[report.groups[1]].startswith("strategy=replay angles=[0, 90] name=rot")
+    assert report.groups[2] == "baseline <b>"
+    tables = payload(report)["tables"]
+    assert f'title="{report.full[report.groups[1]]}"' in tables  # the full name on hover
+    assert "baseline &lt;b&gt;" in tables and "baseline <b>" not in tables
