@@ -107,6 +107,7 @@ class WandbConfig:
 class RunSection:
     dir: str = "runs"  # parent folder of the run folder
     name: str | None = None  # run folder name; null = <benchmark>-<strategies>-s<seed>-<time>
+    label: str | None = None  # the configuration's name in reports; null = what differs
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     deterministic: bool = True  # deterministic algorithms only (bit-reproducible on one machine)
     progress: bool = True

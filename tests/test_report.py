@@ -254,7 +254,12 @@ def test_runs_of_different_lengths_share_one_gap_view(tmp_path):
     long = synthetic_run(tmp_path / "long", iterations=600, tasks=4)
     (long / "config.yaml").write_text("seed: 0\nstrategy: joint\n")
     figure, stats = gap(collect([short, long]))
-    assert len(stats) == 3  # the longer run's three switches
+    assert [(s["group"], s["switch"]) for s in stats] == [  # each run's own switches
+        ("strategy=none", 1),
+        ("strategy=joint", 1),
+        ("strategy=joint", 2),
+        ("strategy=joint", 3),
+    ]
     panels = {t.get("xaxis") for t in figure["data"]}
     assert len(panels) == 3
     assert build([short, long], tmp_path / "both.html").stat().st_size > 0
@@ -362,3 +367,138 @@ def test_dashboard_caps_its_connections(tmp_path, monkeypatch):
             s.close()
         server.shutdown()
         server.server_close()
+
+
+TINY = [
+    "benchmark.source=digits",
+    "benchmark.n_tasks=3",
+    "model.hidden=[32]",
+    "eval.subset=100",
+    "train.epochs=1",
+    "wandb.mode=disabled",
+]
+
+
+@pytest.fixture(scope="module")
+def mixed(tmp_path_factory):
+    """A 2 x 2 sweep (strategy=naive,replay x seed=0,1) and two standalone runs beside it."""
+    root = tmp_path_factory.mktemp("mixed")
+    sweep = ["sweep", "strategy=naive,replay", "seed=0,1", *TINY]
+    sweep += ["sweep.name=mini2", f"sweep.dir={root}/sweeps", "sweep.workers=1"]
+    assert main(sweep) == 0
+    common = [f"run.dir={root}/runs", "run.progress=false", "run.report=false", *TINY]
+    cl.run(["strategy=gem", "run.name=gem-run", *common], quiet=True)
+    reservoir = ["strategy=replay", "strategy.replay.buffer=reservoir", "seed=3"]
+    cl.run([*reservoir, "run.name=replay-res", *common], quiet=True)
+    runs = sorted((root / "sweeps" / "mini2" / "runs").iterdir())
+    configs = {  # each configuration's run folders, as the page should name them
+        "strategy=naive": [r for r in runs if "naive" in r.name],
+        "strategy=replay buffer=class_balanced": [r for r in runs if "replay" in r.name],
+        "strategy=gem": [root / "runs" / "gem-run"],
+        "strategy=replay buffer=reservoir": [root / "runs" / "replay-res"],
+    }
+    assert all(len(v) == 2 for v in list(configs.values())[:2])
+    paths = [root / "runs" / "gem-run", root / "runs" / "replay-res", root / "sweeps" / "mini2"]
+    return [str(p) for p in paths], configs
+
+
+def own_gap(folders: list[Path], switch: int) -> tuple[str, str]:
+    """From the run folders alone (cl.load_run): the minimum of the old tasks' mean accuracy
+    during experience `switch` and the gap depth (mean over old tasks of the accuracy just
+    before the switch minus the lowest during it), as mean ± std over the runs."""
+    mins, depths = [], []
+    for folder in folders:
+        m = cl.load_run(folder).metrics
+        during, before = m[m["experience"] == switch], m[m["experience"] == switch - 1]
+        old = [f"eval/acc/task_{i}" for i in range(switch)]
+        mins.append(during[old].mean(1).min())
+        depths.append(np.mean([before[c].iloc[-1] - during[c].min() for c in old]))
+
+    def text(v: list[float]) -> str:
+        return f"{np.mean(v):.4f}" + (f" ± {np.std(v, ddof=1):.4f}" if len(v) > 1 else "")
+
+    return text(mins), text(depths)
+
+
+def gap_rows(page) -> list[list[str]]:
+    cells = "[...document.querySelectorAll('table.gap tbody tr')]"
+    return page.evaluate(f"{cells}.map(r => [...r.cells].map(c => c.textContent))")
+
+
+def test_a_mixed_page_shows_each_configuration_its_own_numbers(mixed, browser, tmp_path):
+    """A sweep and two runs beside it: the per-switch table has one row set per configuration
+    holding that configuration's own values (never a mean over configurations), each chart
+    one colour per configuration, one accuracy matrix each; `?per_run=1` one row set a run."""
+    paths, configs = mixed
+    out = tmp_path / "compare.html"
+    assert main(["report", *paths, "-o", str(out)]) == 0
+    page = open_page(browser, out.as_uri())
+    assert page.inner_text("#title") == "gem-run + replay-res + mini2 (6 runs, 4 configurations)"
+    rows = gap_rows(page)
+    assert [r[:3] for r in rows] == [
+        [name, str(k), str(len(configs[name]))]
+        for name in ("strategy=gem", "strategy=replay buffer=reservoir", "strategy=naive",
+                     "strategy=replay buffer=class_balanced")
+        for k in (1, 2)
+    ]  # fmt: skip
+    for name, switch, _, low, _, depth, _ in rows:
+        assert (low, depth) == own_gap(configs[name], int(switch)), (name, switch)
+    assert len({r[3] for r in rows if r[1] == "1"}) > 1  # configurations differ
+    names = set(configs)
+    for chart in ("accuracy", "gap", "average", "training"):
+        assert {n for n in traces(page, chart) if n} - {"minimum"} == names, chart
+    titles = "document.getElementById('chart-matrix').layout.annotations.map(a => a.text)"
+    assert set(page.evaluate(titles)) == names  # one accuracy matrix per configuration
+    panels = "document.getElementById('chart-accuracy').layout.annotations.map(a => a.text)"
+    assert page.evaluate(panels) == ["task 0", "task 1", "task 2"]  # tasks: one panel each
+    charts = page.locator("#charts").bounding_box()
+    assert charts["y"] < page.locator("#tables").bounding_box()["y"]  # plots first
+    assert page.locator("table.differ tbody tr").count() == 4
+    page.screenshot(path=str(tmp_path / "mixed.png"), full_page=True)
+    assert page.errors == []
+    page.close()
+
+    server = serve(paths, "127.0.0.1", 0)
+    host, port = server.server_address[:2]
+    try:
+        page = open_page(browser, f"http://{host}:{port}/?per_run=1")
+        rows = gap_rows(page)
+        assert len(rows) == 6 * 2 and all(r[2] == "1" for r in rows)
+        assert {r[0].rsplit("seed=", 1)[1] for r in rows} == {"0", "1", "3"}
+        naive0 = next(r for r in rows if r[0] == "strategy=naive · seed=0" and r[1] == "1")
+        run = [f for f in configs["strategy=naive"] if cl.load_run(f).config["seed"] == 0]
+        assert naive0[3] == own_gap(run, 1)[0]
+        page.wait_for_timeout(1500)  # a refresh keeps the per-run view
+        assert len(gap_rows(page)) == 12 and page.errors == []
+        page.close()
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_configurations_are_named_shortly_by_what_differs_or_their_label(tmp_path):
+    """Unrelated runs: short names (sections dropped, abbreviated past MAX_LABEL with the
+    full text kept); a `run.label` names its configuration; seeds of one config group."""
+    from cl.report.collect import MAX_LABEL, collect
+    from cl.report.page import payload
+
+    configs = {
+        "a": "seed: 0\nstrategy: {naive: {}}\nbenchmark: {n_tasks: 2, angles: null}\n",
+        "b": "seed: 0\nstrategy: {replay: {mem_size: 200}}\n"
+        "benchmark: {n_tasks: 2, angles: [0, 90], name: rotated_mnist_with_a_long_name}\n",
+        "c": "seed: 1\nstrategy: {naive: {}}\nbenchmark: {n_tasks: 2, angles: null}\n",
+        "d": "seed: 0\nstrategy: {naive: {}}\nbenchmark: {n_tasks: 2, angles: null}\n"
+        "run: {label: baseline <b>}\n",
+    }
+    for name, text in configs.items():
+        (synthetic_run(tmp_path / name, iterations=200, tasks=2) / "config.yaml").write_text(text)
+    report = collect([tmp_path / n for n in configs])
+    a, b, c, d = (r.group for r in report.runs)
+    assert a == c and len({a, b, d}) == 3  # seeds 0 and 1 of one configuration
+    assert report.groups[0] == "strategy=naive angles=None"  # name: only b sets it
+    assert len(report.groups[1]) == MAX_LABEL and report.groups[1].endswith("…")
+    assert report.full[report.groups[1]].startswith("strategy=replay angles=[0, 90] name=rot")
+    assert report.groups[2] == "baseline <b>"
+    tables = payload(report)["tables"]
+    assert f'title="{report.full[report.groups[1]]}"' in tables  # the full name on hover
+    assert "baseline &lt;b&gt;" in tables and "baseline <b>" not in tables

@@ -1,8 +1,9 @@
 """The report's charts, as Plotly figures (dicts): per-task accuracy, the stability-gap view
 around each task switch, the accuracy matrix, training loss and online accuracy, plasticity.
 
-One run: one trace per task. Several runs: one colour per configuration, the mean over its
-seeds with a min-max band. Long series are downsampled keeping every dip (`downsample`).
+One configuration: one colour per task. Several: one colour per configuration (the mean over
+its seeds, with a min-max band), one panel per task or per switch; never a mean over different
+configurations. Long series are downsampled keeping every dip (`downsample`).
 """
 
 from __future__ import annotations
@@ -41,19 +42,24 @@ def _fig(**layout):
     return fig
 
 
-def _line(fig, x, y, name, colour, group=None, width=1.5, **kw):
+def _hover(text: str) -> str:
+    """A hover template naming the trace by `text` (a configuration's full name)."""
+    return f"{text.replace('%', '%%')}: %{{y:.4f}}<extra></extra>"
+
+
+def _line(fig, x, y, name, colour, group=None, width=1.5, cell=None, hover=None, **kw):
     import plotly.graph_objects as go
 
     x, y = minmax(np.asarray(x, float), np.asarray(y, float), POINTS)
-    fig.add_trace(
-        go.Scatter(
-            x=x, y=y, name=name, mode="lines", legendgroup=group or name,
-            line=dict(color=colour, width=width), **kw,
-        )
+    trace = go.Scatter(
+        x=x, y=y, name=name, mode="lines", legendgroup=group or name,
+        line=dict(color=colour, width=width, **kw.pop("line", {})),
+        hovertemplate=_hover(hover) if hover else None, **kw,
     )  # fmt: skip
+    fig.add_trace(trace, **(cell or {}))
 
 
-def _band(fig, x, lo, hi, colour, group):
+def _band(fig, x, lo, hi, colour, group, cell=None):
     """A min-max band (two traces, the second filled to the first)."""
     import plotly.colors
     import plotly.graph_objects as go
@@ -66,7 +72,8 @@ def _band(fig, x, lo, hi, colour, group):
             go.Scatter(
                 x=xs, y=ys, mode="lines", line=dict(width=0, color=colour), hoverinfo="skip",
                 showlegend=False, legendgroup=group, **extra,
-            )
+            ),
+            **(cell or {}),
         )  # fmt: skip
 
 
@@ -79,9 +86,16 @@ def _switches(run: RunView) -> list[int]:
     return [int(v) for k, v in last.items() if k < m["experience"].max()]
 
 
-def _mark_switches(fig, switches: list[int]) -> None:
-    for s in switches:
-        fig.add_vline(x=s, line=dict(color="#888", dash="dash", width=1))
+def _mark_switches(fig, switches: list[int], panels: int = 1) -> None:
+    """Dashed vertical lines at `switches` in each of the first `panels` subplots (shapes
+    added in one go: plotly's add_vline is slow by the hundred)."""
+    line = dict(color="#888", dash="dash", width=1)
+    shapes = [
+        dict(type="line", x0=s, x1=s, y0=0, y1=1, xref=f"x{a}", yref=f"y{a} domain", line=line)
+        for a in ["", *range(2, panels + 1)]
+        for s in switches
+    ]
+    fig.update_layout(shapes=[*fig.layout.shapes, *shapes])
 
 
 def _series(runs: list[RunView], column: str, from_experience: int = 0):
@@ -106,28 +120,51 @@ def _tasks(runs: list[RunView]) -> list[str]:
 
 
 def _by_group(report: Report):
-    for g, label in enumerate(report.groups):
-        yield g, label, [r for r in report.runs if r.group == label]
+    """(index, name, full name, runs) of each configuration."""
+    for g, name in enumerate(report.groups):
+        yield g, name, report.full.get(name, name), report.members(name)
 
 
 def accuracy(report: Report) -> dict:
     """Per-task accuracy over training iterations (each task from its own experience on),
-    task switches dashed."""
-    fig = _fig(title="Accuracy per task", xaxis_title="training iteration", yaxis_title="accuracy")
-    single = len(report.runs) == 1
-    for g, label, runs in _by_group(report):
-        for col in _tasks(runs):
+    task switches dashed. One configuration: a colour per task; several: a panel per task,
+    a colour per configuration (mean over its seeds, min-max band)."""
+    from plotly.subplots import make_subplots
+
+    tasks = _tasks(report.runs)
+    title = "Accuracy per task"
+    if len(report.groups) == 1:
+        fig = _fig(title=title, xaxis_title="training iteration", yaxis_title="accuracy")
+        cells = dict.fromkeys(tasks, None)
+    else:
+        cols = min(3, len(tasks))
+        rows = -(-len(tasks) // cols)
+        names = [f"task {c.rsplit('_', 1)[1]}" for c in tasks]
+        fig = make_subplots(rows, cols, subplot_titles=names, shared_xaxes="all", shared_yaxes=True)
+        fig.update_layout(
+            template="plotly_white", title=title + " (one panel per task)",
+            height=300 * rows + 140, hovermode="x unified",
+            legend=dict(orientation="h", y=-0.15), margin=dict(l=60, r=20, t=80, b=50),
+        )  # fmt: skip
+        cells = {c: dict(row=k // cols + 1, col=k % cols + 1) for k, c in enumerate(tasks)}
+    switches = _switches(report.runs[0])
+    for g, name, full, runs in _by_group(report):
+        for col in tasks:
             task = int(col.rsplit("_", 1)[1])
             s = _series(runs, col, from_experience=task)
             if s is None:
                 continue
             it, mean, lo, hi = s
-            colour = _colour(task if single else g)
-            name = f"task {task}" if single else f"{label} · task {task}"
+            cell = cells[col]
+            colour = _colour(task if cell is None else g)
+            label = f"task {task}" if cell is None else name
+            group = label
             if len(runs) > 1:
-                _band(fig, it, lo, hi, colour, name)
-            _line(fig, it, mean, name, colour)
-    _mark_switches(fig, _switches(report.runs[0]))
+                _band(fig, it, lo, hi, colour, group, cell)
+            shown = cell is None or task == int(tasks[0].rsplit("_", 1)[1])
+            _line(fig, it, mean, label, colour, group, cell=cell, hover=None if cell is None
+                  else f"{full}, task {task}", showlegend=shown)  # fmt: skip
+    _mark_switches(fig, switches, 1 if len(report.groups) == 1 else len(tasks))
     fig.update_yaxes(range=[0, 1.02])
     return fig.to_plotly_json()
 
@@ -135,14 +172,14 @@ def accuracy(report: Report) -> dict:
 def average(report: Report) -> dict:
     """Mean accuracy over the tasks seen so far, per configuration (band: min-max over seeds)."""
     fig = _fig(title="Average accuracy on seen tasks", xaxis_title="training iteration")
-    for g, label, runs in _by_group(report):
+    for g, label, full, runs in _by_group(report):
         s = _series(runs, "eval/acc/avg_seen")
         if s is None:
             continue
         it, mean, lo, hi = s
         if len(runs) > 1:
             _band(fig, it, lo, hi, _colour(g), label)
-        _line(fig, it, mean, label, _colour(g), width=2)
+        _line(fig, it, mean, label, _colour(g), width=2, hover=full)
     _mark_switches(fig, _switches(report.runs[0]))
     fig.update_yaxes(range=[0, 1.02])
     return fig.to_plotly_json()
@@ -160,8 +197,9 @@ def _window(run: RunView, switch: int, after: int) -> tuple[int, int]:
 
 def gap(report: Report, after: int = 300) -> tuple[dict, list[dict]]:
     """The stability-gap view: old tasks' accuracy around each switch, aligned at it (x = 0),
-    one panel per switch, the minimum of the old tasks' mean marked; returns the figure and
-    per switch its minimum, depth and recovery (cl.metrics.switch_effects)."""
+    one panel per switch, one line per configuration (the mean over its seeds), its minimum
+    marked; returns the figure and, per configuration and each switch its runs reached, the
+    statistics of `switch_stats` (with `group`, `switch` and `runs`, the runs that reached it)."""
     from plotly.subplots import make_subplots
 
     own = {id(r): _switches(r) for r in report.runs}  # runs may differ in length and tasks
@@ -171,19 +209,27 @@ def gap(report: Report, after: int = 300) -> tuple[dict, list[dict]]:
         return _fig(title="Stability gap: no task switch yet").to_plotly_json(), []
     cols = min(4, len(switches))
     rows = -(-len(switches) // cols)
-    stats = [_switch_stats(report, k + 1) for k in range(len(switches))]
-    titles = [
-        f"switch {k + 1}: min {s['min']:.3f} at +{s['at']}<br>depth {s['depth']:.3f}"
-        + ("" if s["recovery"] is None else f", recovery {s['recovery']:.0f} it")
-        for k, s in enumerate(stats)
+    stats = [  # a configuration's switches that at least one of its runs reached
+        {"group": name, "switch": k, "runs": len(reached)} | switch_stats(reached, k)
+        for _, name, _, runs in _by_group(report)
+        for k in range(1, len(switches) + 1)
+        if (reached := [r for r in runs if len(own[id(r)]) >= k])
     ]
+    if len(report.groups) == 1:  # the numbers in the panel titles; else in the table
+        titles = [
+            f"switch {s['switch']}: min {s['min']:.3f} at +{s['at']}<br>depth {s['depth']:.3f}"
+            + ("" if s["recovery"] is None else f", recovery {s['recovery']:.0f} it")
+            for s in stats
+        ]
+    else:
+        titles = [f"switch {k + 1}" for k in range(len(switches))]
     fig = make_subplots(rows=rows, cols=cols, subplot_titles=titles, shared_yaxes=True)
     fig.update_annotations(font_size=12)
     single = len(report.runs) == 1
     for k in range(len(switches)):
         row, col = k // cols + 1, k % cols + 1
         before, shown = _window(ref, k + 1, after)
-        for g, label, runs in _by_group(report):
+        for g, label, full, runs in _by_group(report):
             curves = []
             for r in (r for r in runs if len(own[id(r)]) > k):
                 s, m = own[id(r)][k], r.metrics
@@ -198,15 +244,16 @@ def gap(report: Report, after: int = 300) -> tuple[dict, list[dict]]:
                 continue
             n = min(len(c) for c in curves)
             mean = np.mean([c[:n] for c in curves], axis=0)
-            line = dict(color="#222" if single else _colour(g), width=3)
+            colour = "#222" if single else _colour(g)
             name = "old tasks (mean)" if single else label
-            _panel(fig, row, col, x[:n], mean, name, k == 0, line=line)
+            _panel(fig, row, col, x[:n], mean, name, k == 0, line=dict(color=colour, width=3),
+                   hovertemplate=_hover(f"{full}, old tasks"))  # fmt: skip
             low = int(np.nanargmin(np.where(x[:n] >= 0, mean, np.inf)))
-            marker = dict(size=10, color="red", symbol="x")
-            legend = k == 0 and g == 0
-            _panel(fig, row, col, x[low : low + 1], mean[low : low + 1], "minimum", legend,
-                   mode="markers", marker=marker)  # fmt: skip
-        fig.add_vline(x=0, line=dict(color="#888", dash="dash", width=1), row=row, col=col)
+            marker = dict(size=10, color="red" if single else colour, symbol="x")
+            _panel(fig, row, col, x[low : low + 1], mean[low : low + 1], "minimum",
+                   k == 0 and g == 0, mode="markers", marker=marker,
+                   hovertemplate=_hover(f"{full}, minimum"))  # fmt: skip
+    _mark_switches(fig, [0], len(switches))
     fig.update_layout(
         template="plotly_white",
         title="Stability gap: old tasks around each task switch (x = iterations after it)",
@@ -227,11 +274,13 @@ def _panel(fig, row, col, x, y, name, legend, mode="lines", **style):
     fig.add_trace(trace, row=row, col=col)
 
 
-def _switch_stats(report: Report, switch: int) -> dict:
-    """Over the report's runs: the minimum of the old tasks' mean accuracy during experience
-    `switch` and where it falls, the mean gap depth and recovery time of cl.metrics."""
+def switch_stats(runs: list[RunView], switch: int) -> dict:
+    """Over `runs` (one configuration's seeds): the minimum of the old tasks' mean accuracy
+    during experience `switch` (`min`, `min_std`) and where it falls (`at`, the median), the
+    gap depth of cl.metrics (`depth`, `depth_std`: mean over old tasks, then over runs) and
+    the mean recovery time (`recovery`; None when no old task recovered)."""
     mins, ats, depths, recoveries = [], [], [], []
-    for r in report.runs:
+    for r in runs:
         m = r.metrics
         during = m[m["experience"] == switch]
         if not len(during):
@@ -243,12 +292,20 @@ def _switch_stats(report: Report, switch: int) -> dict:
         ats.append(int(during["iteration"].iloc[low]) - start)
         A, exp, it = _record(r)
         effects = [e for e in switch_effects(A, exp, it) if e.switch == switch]
-        depths += [e.depth for e in effects]
+        if effects:
+            depths.append(float(np.mean([e.depth for e in effects])))
         recoveries += [e.recovery for e in effects if e.recovery is not None]
+
+    def std(v: list[float]) -> float:
+        return float(np.std(v, ddof=1)) if len(v) > 1 else float("nan")
+
+    nan = float("nan")
     return {
-        "min": float(np.mean(mins)) if mins else float("nan"),
+        "min": float(np.mean(mins)) if mins else nan,
+        "min_std": std(mins),
         "at": int(np.median(ats)) if ats else 0,
-        "depth": float(np.mean(depths)) if depths else float("nan"),
+        "depth": float(np.mean(depths)) if depths else nan,
+        "depth_std": std(depths),
         "recovery": float(np.mean(recoveries)) if recoveries else None,
     }
 
@@ -261,28 +318,46 @@ def _record(run: RunView):
 
 
 def matrix(report: Report) -> dict:
-    """The accuracy matrix R[i, j] (mean over the runs of the first configuration)."""
+    """The accuracy matrix R[i, j], one heatmap per configuration (mean over its seeds; the
+    standard deviation on hover)."""
     import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
 
-    runs = [r for r in report.runs if r.group == report.groups[0]]
-    Rs = []
-    for r in runs:
-        A, exp, _ = _record(r)
-        Rs.append(accuracy_matrix(A, exp, A.shape[1]))
-    with warnings.catch_warnings():  # cells no run has (a run still going) stay empty
-        warnings.simplefilter("ignore", RuntimeWarning)
-        R = np.nanmean(Rs, axis=0) if Rs else np.zeros((1, 1))
-    fig = _fig(title=f"Accuracy matrix R[i, j] ({report.groups[0]})", hovermode="closest")
-    text = [[("" if np.isnan(v) else f"{v:.2f}") for v in row] for row in R]
-    fig.add_trace(
-        go.Heatmap(
-            z=np.where(np.isnan(R), None, R), text=text, texttemplate="%{text}", zmin=0, zmax=1,
-            colorscale="Viridis",
-            hovertemplate="after task %{y}, on task %{x}: %{z:.4f}<extra></extra>",
-        )
-    )  # fmt: skip
+    cols = min(3, len(report.groups))
+    rows = -(-len(report.groups) // cols)
+    one = len(report.groups) == 1
+    names = [f"R[i, j] ({n})" if one else n for n in report.groups]
+    fig = make_subplots(rows, cols, subplot_titles=names, horizontal_spacing=0.08)
+    for g, _, full, runs in _by_group(report):
+        Rs = []
+        for r in runs:
+            A, exp, _ = _record(r)
+            Rs.append(accuracy_matrix(A, exp, A.shape[1]))
+        width = max(R.shape[1] for R in Rs)  # runs with fewer tasks: their cells stay empty
+        Rs = [np.pad(R, ((0, width - len(R)), (0, width - R.shape[1])), constant_values=np.nan)
+              for R in Rs]  # fmt: skip
+        with warnings.catch_warnings():  # cells no run has (a run still going) stay empty
+            warnings.simplefilter("ignore", RuntimeWarning)
+            R = np.nanmean(Rs, axis=0)
+            S = np.nanstd(Rs, axis=0, ddof=1) if len(Rs) > 1 else np.full_like(R, np.nan)
+        text = [[("" if np.isnan(v) else f"{v:.2f}") for v in row] for row in R]
+        spread = [[("" if np.isnan(v) else f" ± {v:.4f}") for v in row] for row in S]
+        where = full.replace("%", "%%")
+        fig.add_trace(
+            go.Heatmap(
+                z=np.where(np.isnan(R), None, R), text=text, texttemplate="%{text}",
+                customdata=spread, zmin=0, zmax=1, colorscale="Viridis", showscale=g == 0,
+                hovertemplate=f"{where}<br>after task %{{y}}, on task %{{x}}: "
+                "%{z:.4f}%{customdata}<extra></extra>",
+            ),
+            row=g // cols + 1, col=g % cols + 1,
+        )  # fmt: skip
     fig.update_xaxes(title="evaluated on task j", dtick=1)
     fig.update_yaxes(title="after training task i", dtick=1, autorange="reversed")
+    title = "Accuracy matrix R[i, j]" + ("" if one else " per configuration (mean over seeds)")
+    fig.update_layout(
+        template="plotly_white", title=title, hovermode="closest", height=380 * rows + 80
+    )
     return fig.to_plotly_json()
 
 
@@ -291,7 +366,7 @@ def training(report: Report) -> dict:
     from plotly.subplots import make_subplots
 
     fig = make_subplots(rows=1, cols=2, subplot_titles=("training loss", "online accuracy"))
-    for g, label, runs in _by_group(report):
+    for g, label, full, runs in _by_group(report):
         for c, column in enumerate(("train/loss", "train/online_acc")):
             s = _series(runs, column)
             if s is None:
@@ -300,7 +375,8 @@ def training(report: Report) -> dict:
             x, y = minmax(np.asarray(it, float), np.asarray(mean, float), POINTS)
             fig.add_scatter(
                 x=x, y=y, name=label, legendgroup=label, showlegend=c == 0, mode="lines",
-                line=dict(color=_colour(g), width=1.5), row=1, col=c + 1,
+                line=dict(color=_colour(g), width=1.5), hovertemplate=_hover(full),
+                row=1, col=c + 1,
             )  # fmt: skip
     fig.update_layout(template="plotly_white", title="Training", hovermode="x unified", height=380)
     return fig.to_plotly_json()
@@ -314,7 +390,7 @@ def plasticity(report: Report) -> dict | None:
     if not present:
         return None
     fig = make_subplots(rows=1, cols=len(present), subplot_titles=present)
-    for g, label, runs in _by_group(report):
+    for g, label, full, runs in _by_group(report):
         for c, p in enumerate(present):
             s = _series(runs, f"plasticity/{p}")
             if s is None:
@@ -324,7 +400,8 @@ def plasticity(report: Report) -> dict | None:
             fig.add_scatter(
                 x=it[keep], y=np.asarray(mean)[keep], name=label, legendgroup=label,
                 showlegend=c == 0, mode="lines+markers", marker=dict(size=3),
-                line=dict(color=_colour(g), width=1.5), row=1, col=c + 1,
+                line=dict(color=_colour(g), width=1.5), hovertemplate=_hover(full),
+                row=1, col=c + 1,
             )  # fmt: skip
     fig.update_layout(
         template="plotly_white", title="Plasticity", hovermode="x unified", height=360

@@ -41,11 +41,31 @@ def _fmt(v: Any) -> str:
     return "n/a" if v is None else html.escape(str(v))
 
 
-def _table(header: list[str], rows: list[list[str]], sortable: bool = False) -> str:
-    cls = ' class="sortable"' if sortable else ""
-    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+def _table(header: list[str], rows: list[list[str]], sortable: bool = False, kind: str = "") -> str:
+    """A table (CSS classes `sortable` and `kind`); header and body cells are HTML already."""
+    classes = " ".join(c for c in ("sortable" if sortable else "", kind) if c)
+    cls = f' class="{classes}"' if classes else ""
+    head = "".join(f"<th>{h}</th>" for h in header)
     body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in r) + "</tr>" for r in rows)
     return f"<table{cls}><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _th(text: str, key: str | None = None) -> str:
+    """A header cell's content: `text`, its tooltip the registry's label and definition of
+    `key` (and whether lower is better), marked ↓ when it is."""
+    m = metric_registry.find(key) if key else None
+    if m is None:
+        return html.escape(text)
+    tip = "; ".join(p for p in (m.label, definition(key)) if p)
+    tip += "; lower is better" if m.lower_is_better else ""
+    arrow = " ↓" if m.lower_is_better else ""
+    return f'<span title="{html.escape(tip)}">{html.escape(text)}{arrow}</span>'
+
+
+def _name(report: Report, group: str) -> str:
+    """A configuration's (short) name, its full name as tooltip."""
+    full = report.full.get(group, group)
+    return f'<span class="config" title="{html.escape(full)}">{html.escape(group)}</span>'
 
 
 def _summary_table(summary: dict) -> str:
@@ -56,7 +76,7 @@ def _summary_table(summary: dict) -> str:
         and not isinstance(v, bool)
         or (v is None and k in TABLE_METRICS)
     ]
-    return _table(["metric", "value", "definition (docs/metrics.md)"], rows)
+    return _table(["metric", "value", "definition (docs/metrics.md)"], rows, kind="summary")
 
 
 def _mean_std(values: list[float]) -> str:
@@ -73,12 +93,12 @@ def _mean_std(values: list[float]) -> str:
 def _groups_table(report: Report) -> str:
     rows = []
     for label in report.groups:
-        runs = [r for r in report.runs if r.group == label]
+        runs = report.members(label)
         done = [r for r in runs if r.status == "finished"]
-        row = [html.escape(label), str(len(done)), str(len(runs))]
+        row = [_name(report, label), str(len(done)), str(len(runs))]
         row += [_mean_std([r.summary.get(m) for r in done]) for m in TABLE_METRICS]
         rows.append(row)
-    head = ["configuration", "finished", "runs", *TABLE_METRICS]
+    head = ["configuration", "finished", "runs", *(_th(m, m) for m in TABLE_METRICS)]
     return _table(head, rows, sortable=True)
 
 
@@ -86,33 +106,84 @@ def _runs_table(report: Report) -> str:
     rows = [
         [
             html.escape(r.name),
-            html.escape(r.group),
+            _name(report, r.group),
+            html.escape(str(r.seed)),
             f'<span class="status {html.escape(r.status)}">{html.escape(r.status)}</span>',
             str(int(r.metrics["iteration"].max()) if len(r.metrics) else 0),
             *[_fmt(r.summary.get(m)) for m in TABLE_METRICS],
         ]
         for r in report.runs
     ]
-    return _table(["run", "configuration", "status", "iteration", *TABLE_METRICS], rows, True)
+    head = ["run", "configuration", "seed", "status", "iteration"]
+    return _table([*head, *(_th(m, m) for m in TABLE_METRICS)], rows, True)
 
 
-def _gap_table(stats: list[dict]) -> str:
+def _pm(mean: float, std: float) -> str:
+    if math.isnan(mean):
+        return "n/a"
+    return f"{mean:.4f}" if math.isnan(std) else f"{mean:.4f} ± {std:.4f}"
+
+
+def _gap_table(report: Report, stats: list[dict]) -> str:
+    """One row per configuration and switch (mean ± std over the configuration's seeds)."""
     rows = [
         [
-            str(k + 1),
-            _fmt(s["min"]),
+            _name(report, s["group"]),
+            str(s["switch"]),
+            str(s["runs"]),
+            _pm(s["min"], s["min_std"]),
             f"+{s['at']}",
-            _fmt(s["depth"]),
+            _pm(s["depth"], s["depth_std"]),
             "n/a" if s["recovery"] is None else f"{s['recovery']:.1f}",
         ]
-        for k, s in enumerate(stats)
+        for s in stats
     ]
-    head = ["switch", "min old-task mean acc", "at (iterations)", "gap depth", "recovery (it)"]
-    return _table(head, rows)
+    head = [
+        "configuration", "switch", "runs", "min old-task mean acc", "at (iterations, median)",
+        _th("gap depth", "gap_depth"), _th("recovery (it)", "recovery_time"),
+    ]  # fmt: skip
+    return _table(head, rows, kind="gap")
+
+
+def _differ_table(report: Report) -> str:
+    """What sets the configurations apart: one row each, one column per differing key."""
+    keys = list(dict.fromkeys(k for g in report.groups for k in report.differ.get(g, {})))
+    rows = [
+        [
+            _name(report, g),
+            ", ".join(html.escape(r.name) for r in report.members(g)),
+            *(html.escape(report.differ.get(g, {}).get(k, "")) for k in keys),
+        ]
+        for g in report.groups
+    ]
+    return _table(["configuration", "runs", *map(html.escape, keys)], rows, kind="differ")
+
+
+def _yaml(data: Any) -> str:
+    return html.escape(yaml.safe_dump(data, sort_keys=False, default_flow_style=None))
+
+
+def _settings(report: Report) -> str:
+    """Config and environment of each configuration (of its first run)."""
+    out = []
+    for g in report.groups:
+        runs = report.members(g)
+        r = runs[0]
+        env = {k: r.environment.get(k) for k in ("time", "host", "device", "git", "python")}
+        env["versions"] = r.environment.get("versions")
+        which = "" if len(report.runs) == 1 else f" of {_name(report, g)}"
+        run = f" (run <code>{html.escape(r.name)}</code>)" if len(runs) > 1 else ""
+        out.append(
+            f"<details><summary>Config{which}{run}</summary><pre>{_yaml(r.config)}</pre>"
+            f"</details><details><summary>Environment{which}{run}</summary>"
+            f"<pre>{_yaml(env)}</pre></details>"
+        )
+    return "\n".join(out)
 
 
 def tables(report: Report, gap_stats: list[dict]) -> str:
-    """The tables as HTML: status, metrics with definitions, the gap per switch, config."""
+    """The tables as HTML: status, metrics with definitions, the gap per configuration and
+    switch, what differs, config and environment per configuration."""
     out = []
     if len(report.runs) == 1:
         r = report.runs[0]
@@ -126,28 +197,23 @@ def tables(report: Report, gap_stats: list[dict]) -> str:
         out.append(_groups_table(report))
         out.append("<h3>Runs</h3>" + _runs_table(report))
     if gap_stats:
-        out.append("<h3>Stability gap per task switch</h3>" + _gap_table(gap_stats))
-    r = report.runs[0]
-    env = {k: r.environment.get(k) for k in ("time", "host", "device", "git", "python")}
-    env["versions"] = r.environment.get("versions")
-    cfg = yaml.safe_dump(r.config, sort_keys=False, default_flow_style=None)
-    env_text = yaml.safe_dump(env, sort_keys=False, default_flow_style=None)
-    which = "" if len(report.runs) == 1 else f" (of {html.escape(r.name)})"
-    out.append(f"<details><summary>Config{which}</summary><pre>{html.escape(cfg)}</pre></details>")
-    out.append(
-        f"<details><summary>Environment{which}</summary><pre>{html.escape(env_text)}</pre>"
-        "</details>"
-    )
+        what = "" if len(report.groups) == 1 else " (per configuration: mean ± std over seeds)"
+        out.append(f"<h3>Stability gap per task switch{what}</h3>")
+        out.append(_gap_table(report, gap_stats))
+    if len(report.groups) > 1:
+        out.append("<h3>What differs between the configurations</h3>" + _differ_table(report))
+    out.append(_settings(report))
     return "\n".join(out)
 
 
 def payload(report: Report) -> dict:
     """What the page shows: figures (id, Plotly figure) and the tables' HTML."""
-    shown = Report(  # chart labels escaped (Plotly renders a little HTML in them)
-        report.title,
-        [replace(r, group=html.escape(r.group)) for r in report.runs],
-        report.sweep,
-        [html.escape(g) for g in report.groups],
+    esc = html.escape
+    shown = replace(  # chart labels escaped (Plotly renders a little HTML in them)
+        report,
+        runs=[replace(r, group=esc(r.group)) for r in report.runs],
+        groups=[esc(g) for g in report.groups],
+        full={esc(g): esc(f) for g, f in report.full.items()},
     )
     gap_fig, stats = figures.gap(shown)
     figs = [
@@ -160,6 +226,8 @@ def payload(report: Report) -> dict:
     plast = figures.plasticity(shown)
     if plast is not None:
         figs.append(("plasticity", plast))
+    names = dict(zip(shown.groups, report.groups, strict=True))
+    stats = [s | {"group": names[s["group"]]} for s in stats]  # the table escapes itself
     return {
         "title": report.title,  # set as text by the page's script
         "figures": [{"id": i, "figure": f} for i, f in figs],
@@ -213,7 +281,7 @@ render(DATA);
 if (LIVE) {
   setInterval(async () => {
     try {
-      const r = await fetch('data', {cache: 'no-store'});
+      const r = await fetch('data' + location.search, {cache: 'no-store'});
       if (r.ok) render(await r.json());
     } catch (e) { /* the server went away: keep the last view */ }
   }, 1000);
@@ -229,7 +297,7 @@ def html_page(data: dict, live: bool = False) -> str:
         f"{GENERATOR}"
         f"<title>{html.escape(data['title'])}</title><style>{STYLE}</style>"
         f"<script>{get_plotlyjs()}</script></head><body>"
-        "<h1 id='title'></h1><div id='tables'></div><div id='charts'></div>"
+        "<h1 id='title'></h1><div id='charts'></div><div id='tables'></div>"
         f"<script>const LIVE = {'true' if live else 'false'}; const DATA = {_json(data)};"
         f"{SCRIPT}</script></body></html>\n"
     )

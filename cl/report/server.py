@@ -1,8 +1,9 @@
 """`cl dashboard`: the report page served live from run and sweep folders.
 
 Serves exactly two things: the page (`/`) and its data (`/data`, rebuilt from the folders
-when a metrics or summary file changed). Every other path, `../` included, is a 404. Reads the
-folders only; binds to 127.0.0.1 unless told otherwise.
+when a metrics or summary file changed); `?per_run=1` on either shows every run as its own
+configuration instead of the mean over its seeds. Every other path, `../` included, is a
+404. Reads the folders only; binds to 127.0.0.1 unless told otherwise.
 
 Hardening: a request whose Host header names neither the served address nor localhost
 (with the served port) gets 403 (DNS rebinding); an idle connection is closed after
@@ -32,8 +33,9 @@ WILDCARDS = ("", "0.0.0.0", "::")
 class Live:
     """The data of `paths`, rebuilt when any run's files changed (checked per request)."""
 
-    def __init__(self, paths: list[str]):
+    def __init__(self, paths: list[str], per_run: bool = False):
         self.paths = paths
+        self.per_run = per_run
         self.lock = threading.Lock()
         self.stamp: tuple | None = None
         self.data: dict | None = None
@@ -56,7 +58,7 @@ class Live:
             stamp = self._stamp()
             if stamp != self.stamp or self.data is None:
                 try:
-                    self.data = payload(collect(self.paths))
+                    self.data = payload(collect(self.paths, self.per_run))
                 except Exception as e:  # noqa: BLE001 - e.g. no rows yet: show a note
                     self.data = {"title": "cl dashboard", "figures": [], "tables": _note(e)}
                 self.stamp = stamp
@@ -111,7 +113,16 @@ def host_allowed(header: str | None, host: str, port: int) -> bool:
     return True
 
 
+def wants_per_run(query: str) -> bool:
+    """Whether a request's query string asks for one configuration per run (`per_run=1`)."""
+    from urllib.parse import parse_qs
+
+    return parse_qs(query).get("per_run", ["0"])[-1].lower() in ("1", "true", "yes", "on")
+
+
 def make_handler(live: Live, host: str = "127.0.0.1"):
+    views = {False: live, True: Live(live.paths, per_run=True)}
+
     class Handler(BaseHTTPRequestHandler):
         timeout = IDLE_TIMEOUT  # applied to the connection's socket (StreamRequestHandler)
 
@@ -121,11 +132,12 @@ def make_handler(live: Live, host: str = "127.0.0.1"):
                 self.send_header("Content-Length", "0")
                 self.end_headers()
                 return
-            route = self.path.split("?", 1)[0]
+            route, _, query = self.path.partition("?")
+            view = views[wants_per_run(query)]
             if route == "/":
-                body, kind = html_page(live.current(), live=True).encode(), "text/html"
+                body, kind = html_page(view.current(), live=True).encode(), "text/html"
             elif route == "/data":
-                body, kind = _json(live.current()).encode(), "application/json"
+                body, kind = _json(view.current()).encode(), "application/json"
             else:
                 self.send_error(404, "not found")
                 return
