@@ -109,6 +109,9 @@ def _parser() -> argparse.ArgumentParser:
     rp = sub.add_parser("report", help="one self-contained HTML report of run or sweep folders")
     rp.add_argument("paths", nargs="+", metavar="PATH", help="run folders or sweep folders")
     rp.add_argument("-o", "--output", metavar="FILE.html", help="default: PATH/report.html")
+    rp.add_argument(
+        "--per-run", action="store_true", help="each run its own configuration (no mean over seeds)"
+    )
     db = sub.add_parser("dashboard", help="serve the report live while runs or a sweep go on")
     db.add_argument("paths", nargs="+", metavar="PATH", help="run folders or sweep folders")
     db.add_argument("--port", type=int, default=0, help="default: a free port")
@@ -217,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
             from cl.report import build
 
             try:
-                print(f"report {build(args.paths, args.output)}")
+                print(f"report {build(args.paths, args.output, per_run=args.per_run)}")
             except OSError as e:
                 where = e.filename or args.output or "report.html"
                 raise UserError(f"cannot write the report to {where}: {e.strerror or e}") from None
