@@ -39,7 +39,10 @@ BASE = [
 
 
 def args(run_dir: Path, name: str, *extra: str) -> list[str]:
-    return ["-q", *BASE, f"run.dir={run_dir}", f"run.name={name}", *extra]
+    """BASE with `extra` in place of the BASE keys it sets again (a key given twice is refused)."""
+    again = {e.split("=", 1)[0] for e in extra}
+    base = [b for b in BASE if b.split("=", 1)[0] not in again]
+    return ["-q", *base, f"run.dir={run_dir}", f"run.name={name}", *extra]
 
 
 def one_error_line(err: str, prefix: str = "error: ") -> None:
@@ -324,8 +327,15 @@ def test_wandb_online_without_a_network_falls_back_to_offline(tmp_path):
         WANDB_ERROR_REPORTING="false",
         OMP_NUM_THREADS="1",
     )
-    cmd = [*without_network(), sys.executable, "-m", "cl", "run", *args(tmp_path, "online")]
-    cmd += ["benchmark.n_tasks=2", "train.epochs=1", "wandb.mode=online", "wandb.init_timeout=5"]
+    online = ["benchmark.n_tasks=2", "train.epochs=1", "wandb.mode=online", "wandb.init_timeout=5"]
+    cmd = [
+        *without_network(),
+        sys.executable,
+        "-m",
+        "cl",
+        "run",
+        *args(tmp_path, "online", *online),
+    ]
     r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     assert "warning: W&B online mode failed" in r.stderr and "logging offline" in r.stderr
