@@ -5,6 +5,7 @@ run folder's checkpoint); both hand it to `_drive`, the only place that wires si
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import socket
@@ -286,9 +287,12 @@ def _drive(
     store, wandb, log = open_sinks(cfg, plain_config, folder, run_id, rows, resumed)
     sinks = [store] if wandb is None else [store, wandb]
     digest = checkpoint.config_digest(folder)
-    saver = checkpoint.Checkpointer(
-        state, folder, lambda: checkpoint.state_dict(state, store.rows, run_id, digest)
-    )
+
+    def snapshot() -> dict:  # at a chunk boundary: the queued rows go out first
+        state.monitor.flush(log)
+        return checkpoint.state_dict(state, store.rows, run_id, digest)
+
+    saver = checkpoint.Checkpointer(state, folder, snapshot)
     if rows:  # resumed: the folder's checkpoint is where this state came from
         saver.saved_at = state.ctx.iteration
     progress = Progress(cfg.run.progress and not quiet)
@@ -315,6 +319,9 @@ def _drive(
             raise
         finally:
             stop.finishing = True
+            if fault is None:  # rows queued before a stop, Ctrl-C or error (best effort)
+                with contextlib.suppress(Exception):
+                    state.monitor.flush(log)
             progress.close()
             wall = time.perf_counter() - began
             summary = outputs.summary(state, status, error, wall, cfg.run.deterministic)

@@ -114,6 +114,9 @@ class RunSection:
     checkpoint_every: int = 1000  # also checkpoint every N training iterations ...
     checkpoint_minutes: float = 10.0  # ... and every N minutes of wall time (0 = off)
     report: bool = True  # write report.html (and log it to W&B) when the run ends
+    row_chunk: int = (
+        0  # rows copied from the device to the host at once (0 = auto: 50 on CUDA, 1 else)
+    )
 
 
 @dataclass
