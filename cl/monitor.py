@@ -130,7 +130,9 @@ class Monitor:
             refs += [(d, k) for pair in parts.values() for d in pair for k in d]
         refs += [(s, key) for s in steps for key in ("loss", "correct")]
         refs = [(h, k) for h, k in refs if isinstance(_get(h, k), torch.Tensor)]
-        for (holder, key), value in zip(refs, self.copy([_get(h, k) for h, k in refs])):
+        for (holder, key), value in zip(
+            refs, self.copy([_get(h, k) for h, k in refs]), strict=True
+        ):
             _set(holder, key, value)
         host = [t for t in self.trackers.values() if t.on_host]
         for head, ev, row_steps, parts, extra in pending:
