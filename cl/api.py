@@ -67,6 +67,9 @@ def build_state(cfg: RunConfig, ckpt: dict | None = None):
     generator = seed_everything(cfg.seed)
     stream = build_stream(b, data, cfg.seed, cfg.eval.subset, cfg.data.root).to(device)
     model = build_model(cfg.model, stream.input_shape, stream.n_classes).to(device)
+    if cfg.run.compile:  # in place, block by block: `forward` calls them (features, head)
+        for block in model.children():
+            block.compile()
     ctx = make_context(cfg, stream, model, device, generator)
     native = [] if plugins.family_of(cfg.strategy) else strategy.build(cfg.strategy)
     state = RunState(cfg, ctx, native, Monitor(cfg, ctx))
@@ -87,13 +90,13 @@ def build_state(cfg: RunConfig, ckpt: dict | None = None):
 def start(cfg: RunConfig, plain_config: dict, quiet: bool = False) -> Run:
     """Start `cfg` in a new run folder; returns the folder read back. torch's determinism
     flags are set for the run (`run.deterministic`) and restored when it ends."""
-    from cl.environment import determinism
+    from cl.environment import determinism, threads
 
-    with determinism(cfg.run.deterministic):
-        return _start(cfg, plain_config, quiet)
+    with determinism(cfg.run.deterministic), threads(cfg.run.threads) as chosen:
+        return _start(cfg, plain_config, quiet, chosen)
 
 
-def _start(cfg: RunConfig, plain_config: dict, quiet: bool) -> Run:
+def _start(cfg: RunConfig, plain_config: dict, quiet: bool, chosen: dict) -> Run:
     from cl.environment import environment
     from cl.wandb_sink import new_run_id
 
@@ -106,7 +109,7 @@ def _start(cfg: RunConfig, plain_config: dict, quiet: bool) -> Run:
         (folder / "config.yaml").write_text(config.to_yaml(config.OmegaConf.create(plain_config)))
         write_json(
             folder / "environment.json",
-            environment(cfg.seed, state.ctx.device, cfg.run.deterministic),
+            environment(cfg.seed, state.ctx.device, cfg.run.deterministic) | {"threads": chosen},
         )
         return _drive(cfg, plain_config, folder, state, new_run_id(), 0, quiet)
     except BaseException as e:
@@ -133,11 +136,11 @@ def resume(folder: str | Path, overrides=(), quiet: bool = False) -> Run:
             f"({family.no_checkpoints}); start it again"
         )
     cfg, tree = config.load_saved(folder / "config.yaml", list(overrides))
-    from cl.environment import determinism
+    from cl.environment import determinism, threads
 
     lock = FolderLock(folder)
     try:
-        with determinism(cfg.run.deterministic):  # before the checkpoint's tensors go to a GPU
+        with determinism(cfg.run.deterministic), threads(cfg.run.threads):  # before any GPU work
             return _resume(folder, cfg, config.as_plain(tree), quiet)
     except OSError as e:  # a full disk or an I/O error before the run went on
         raise UserError(f"cannot resume {folder}: {os_error(e)}") from None

@@ -69,6 +69,7 @@ def make_context(
         generator=generator,
         epochs=cfg.train.epochs,
         class_mask=stream.class_mask(device) if stream.task_incremental else None,
+        amp=cfg.train.amp == "bf16",
     )
     if hasattr(ctx.optimizer, "watch"):
         ctx.optimizer.watch(ctx)
@@ -81,12 +82,13 @@ def train_step(ctx: Context, strategies: list[Strategy], batch: Batch, grad_norm
     Returns (loss, online correct count, gradient norm before any gradient surgery or None,
     the strategies' `metrics()` as {"strategy/<name>/<key>": value}).
     """
-    output, ctx.features = forward(ctx.model, batch.x)
-    logits = ctx.logits(output, batch.task)
-    if batch.weight is None:
-        loss = F.cross_entropy(logits, batch.y)
-    else:
-        loss = (F.cross_entropy(logits, batch.y, reduction="none") * batch.weight).sum()
+    with torch.autocast(ctx.device.type, torch.bfloat16, enabled=ctx.amp):
+        output, ctx.features = forward(ctx.model, batch.x)
+        logits = ctx.logits(output, batch.task)
+        if batch.weight is None:
+            loss = F.cross_entropy(logits, batch.y)
+        else:
+            loss = (F.cross_entropy(logits, batch.y, reduction="none") * batch.weight).sum()
     for s in strategies:
         extra = s.loss(ctx, batch, logits)
         if extra is not None:
