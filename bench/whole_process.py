@@ -12,7 +12,9 @@ iteration on 500 samples of each seen task, W&B disabled, no plasticity probe.
   them, trains the same MLP and evaluates the seen tasks after every iteration (per-task
   accuracy copied to the host), and exits.
 
-Arms alternate, ``--repeats`` times each; medians. Targets: start to first iteration <= 2.5 s,
+Both arms run on ``--threads`` torch threads (default 1: `run.threads` for cl,
+``torch.set_num_threads`` for the script; on a busy machine a second thread costs more than it
+gives, see bench/busy_machine.py). Arms alternate, ``--repeats`` times each; medians. Targets: start to first iteration <= 2.5 s,
 report build <= 1 s, example forgetting and checkpoints <= 2% of the run each.
 
 Run: ``PYTHONPATH=. .venv/bin/python bench/whole_process.py [--repeats N]``.
@@ -94,15 +96,17 @@ def child(out: str, args: list[str]) -> int:
     return code
 
 
-def bare(out: str, data_root: str) -> int:
+def bare(out: str, threads: str) -> int:
     """The same training and evaluation forwards in a plain script."""
     import torch
+
+    torch.set_num_threads(int(threads))
     from torch import nn
     from torch.nn import functional as F
 
     from cl.data import load_source
 
-    data = load_source("mnist5k", data_root, False, 0.2, 0)
+    data = load_source("mnist5k", "data", False, 0.2, 0)
     g = torch.Generator().manual_seed(0)
     x, y = data.x_train.flatten(1).float(), data.y_train
     tx, ty = data.x_test.flatten(1).float()[:500], data.y_test[:500]
@@ -141,6 +145,7 @@ def spawn(mode: list[str], out: Path) -> tuple[float, dict]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("extra", nargs="*", help="more cl overrides for the cl arm")
     args = parser.parse_args()
     walls: dict[str, list[float]] = {"cl": [], "bare": []}
@@ -150,11 +155,12 @@ def main() -> None:
             for arm in ("cl", "bare")[:: -1 if rnd % 2 else 1]:
                 out = Path(tmp) / f"{arm}-{rnd}.json"
                 if arm == "cl":
-                    ov = [*OVERRIDES, *args.extra, f"run.dir={tmp}", f"run.name=r{rnd}"]
+                    ov = [*OVERRIDES, f"run.threads={args.threads}", *args.extra]
+                    ov += [f"run.dir={tmp}", f"run.name=r{rnd}"]
                     wall, info = spawn(["--child", *[f"--ov={o}" for o in ov]], out)
                     parts.append(info)
                 else:
-                    wall, info = spawn(["--bare", "--ov=data"], out)
+                    wall, info = spawn(["--bare", f"--ov={args.threads}"], out)
                 walls[arm].append(wall)
             print(f"round {rnd + 1}: cl {walls['cl'][-1]:.2f} s, bare {walls['bare'][-1]:.2f} s")
     med = {a: statistics.median(w) for a, w in walls.items()}
@@ -188,5 +194,5 @@ if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] in ("--child", "--bare"):
         ov = [a[5:] for a in sys.argv[2:-1] if a.startswith("--ov=")]
         fn = child if sys.argv[1] == "--child" else bare
-        sys.exit(fn(sys.argv[-1], ov) if fn is child else bare(sys.argv[-1], "data"))
+        sys.exit(child(sys.argv[-1], ov) if fn is child else bare(sys.argv[-1], ov[0]))
     main()
