@@ -14,7 +14,8 @@ iteration on 500 samples of each seen task, W&B disabled, no plasticity probe.
 
 Both arms run on ``--threads`` torch threads (default 1: `run.threads` for cl,
 ``torch.set_num_threads`` for the script; on a busy machine a second thread costs more than it
-gives, see bench/busy_machine.py). Arms alternate, ``--repeats`` times each; medians. Targets: start to first iteration <= 2.5 s,
+gives, see bench/busy_machine.py). Arms alternate, ``--repeats`` times each; medians.
+Targets: start to first iteration <= 2.5 s,
 report build <= 1 s, example forgetting and checkpoints <= 2% of the run each.
 
 Run: ``PYTHONPATH=. .venv/bin/python bench/whole_process.py [--repeats N]``.
