@@ -33,8 +33,9 @@ def row_chunk(value: int, device: torch.device) -> int:
 
 class HostCopy:
     """Copies device tensors (0-d, 1-d or 2-d) to the host in one transfer and returns them
-    as Python numbers and lists (ints for integer and bool tensors); `copies` counts the
-    transfers. On CUDA the copy goes into pinned memory, then the stream is synchronised."""
+    as Python numbers and lists; `copies` counts the transfers. On CUDA the tensors go into
+    one pinned buffer, then the stream is synchronised; on the CPU (nothing to transfer) each
+    tensor is read where it is, `.tolist()`, the cheapest there."""
 
     def __init__(self):
         self.copies = 0
@@ -42,14 +43,15 @@ class HostCopy:
     def __call__(self, tensors: list[torch.Tensor]) -> list:
         if not tensors:
             return []
-        flat = torch.cat([t.detach().reshape(-1).double() for t in tensors])
-        if flat.is_cuda:
-            host = torch.empty(flat.shape, dtype=flat.dtype, pin_memory=True)
-            host.copy_(flat, non_blocking=True)
-            torch.cuda.current_stream(flat.device).synchronize()
-            flat = host
         self.copies += 1
-        values, out, i = flat.tolist(), [], 0
+        if not tensors[0].is_cuda:
+            return [t.tolist() for t in tensors]
+        wide = torch.empty(0, dtype=torch.float64, device=tensors[0].device)  # promotes to it
+        flat = torch.cat([wide, *(t.reshape(-1) for t in tensors)])
+        host = torch.empty(flat.shape, dtype=flat.dtype, pin_memory=True)
+        host.copy_(flat, non_blocking=True)
+        torch.cuda.current_stream(flat.device).synchronize()
+        values, out, i = host.tolist(), [], 0
         for t in tensors:
             v, i = values[i : i + t.numel()], i + t.numel()
             if not t.is_floating_point():
