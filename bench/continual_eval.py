@@ -1,9 +1,16 @@
-"""Continual-evaluation overhead: the cl runner vs a bare PyTorch loop vs stock Avalanche.
+"""Continual-evaluation overhead: the cl runner vs bare PyTorch loops vs stock Avalanche.
 
-Every arm runs the same workload: Split-MNIST on the embedded mnist5k digits (5 tasks of 2
-classes, class-incremental, class order 0..9), an MLP 784-400-400-10 (ReLU), SGD (lr 0.01,
-momentum 0), batch 32, one epoch per task (125 iterations), and an evaluation on the fixed
-evaluation subsets (200 test digits per task with mnist5k) after every training iteration.
+Every arm runs the same stream: Split-MNIST on the embedded mnist5k digits (5 tasks of 2
+classes, class-incremental, class order 0..9), SGD (lr 0.01, momentum 0), and an evaluation
+on the fixed evaluation subsets (200 test digits per task with mnist5k) after every training
+iteration, on one of three workloads (``--workloads``, comma-separated; default all):
+
+* ``mlp``: MLP 784-400-400-10 (ReLU), batch 32, one epoch per task (125 iterations);
+* ``mlp-wide``: MLP 784-2000-2000-10, batch 256, 10 epochs per task (200 iterations);
+* ``resnet18``: cl's reduced ResNet-18 (width 20), batch 64, one epoch per task.
+
+``--quick`` shrinks them (one epoch, the first two tasks) for a smoke run. ``--device cuda``
+runs every arm on the GPU (the arms synchronise before they stop their clocks).
 
 Arms, each timed on its training + evaluation loop only (data and model are built first):
 
@@ -13,7 +20,11 @@ Arms, each timed on its training + evaluation loop only (data and model are buil
 * ``bare``: a plain PyTorch loop with the same tensors (taken from the cl stream), the same
   initial weights and the same shuffling generator, so it trains the identical model. After
   every iteration: one ``inference_mode`` forward over the seen tasks' evaluation tensors, then
-  per-task accuracy by segment sums. The same evaluations as cl (initial + experience ends too).
+  per-task accuracy by segment sums, copied to the host (``.tolist()``) at each evaluation.
+  The same evaluations as cl (initial + experience ends too).
+* ``bare-device``: the same loop, keeping each evaluation's accuracies on the device and
+  copying them to the host once at the end (what cl's `run.row_chunk` approaches on CUDA).
+* ``train-only``: the same loop without any evaluation (the floor).
 * ``avalanche-stock``: ``avalanche.training.Naive`` over ``nc_benchmark`` of the same tensors,
   ``eval_every=1, peval_mode="iteration"``, trained with
   ``strategy.train(exp, eval_streams=[benchmark.test_stream])``: every evaluation scores all
@@ -38,6 +49,14 @@ once a round as context. ``--profile`` appends a cProfile of one ``run_stream`` 
 Results also go to ``bench/out/continual_eval.json``.
 
 Run: ``.venv/bin/python bench/continual_eval.py [--repeats N] [--profile]`` or ``make bench``.
+
+On a GPU machine (torch 2.11, Python 3.12, no package index): carry the wheels cl needs but
+torch does not bring (omegaconf with antlr4-python3-runtime, mlxtend, mnist1d, quadprog),
+``pip install --no-index --find-links wheels/ ...`` them, then from the repository root::
+
+    PYTHONPATH=$PWD python bench/continual_eval.py --device cuda --repeats 5 --no-e2e
+
+(Avalanche arms run only where it is installed; without it they are left out.)
 """
 
 from __future__ import annotations
@@ -46,7 +65,9 @@ import argparse
 import contextlib
 import cProfile
 import gc
+import importlib.util
 import io
+import itertools
 import json
 import math
 import os
@@ -93,7 +114,6 @@ OVERRIDES = [
     "eval.subset=1000",
     "eval.unseen=false",
     "wandb.mode=disabled",
-    "run.device=cpu",
     "run.progress=false",
     "seed=0",
     "plasticity.every=0",  # the probe is not part of this workload (bench/metrics_overhead.py)
@@ -101,6 +121,18 @@ OVERRIDES = [
 CL_TARGET = 1.15  # cl loop / bare loop, at most
 AVALANCHE_TARGET = 10.0  # Avalanche / cl loop, at least
 DEFAULT_OUT = Path(__file__).resolve().parent / "out" / "continual_eval.json"
+WORKLOADS = {  # name -> overrides on top of OVERRIDES
+    "mlp": [],
+    "mlp-wide": ["model.hidden=[2000,2000]", "train.batch_size=256", "train.epochs=10"],
+    "resnet18": ["model=resnet18", "train.batch_size=64"],
+}
+QUICK = ["train.epochs=1", "benchmark.tasks=[0,1]"]
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
 
 Arm = Callable[[Path], "ArmResult"]  # one timed run; the argument is a scratch folder
 
@@ -141,7 +173,7 @@ def run_cl(
     cfg: RunConfig, stream: Stream, folder: Path, profile: cProfile.Profile | None = None
 ) -> ArmResult:
     """cl's runner loop with its local metrics store, set up as `cl.api.build_state` does."""
-    device = torch.device("cpu")
+    device = torch.device(cfg.run.device)
     generator = seed_everything(cfg.seed)
     model = build_model(cfg.model, stream.input_shape, stream.n_classes).to(device)
     ctx = make_context(cfg, stream, model, device, generator)
@@ -156,6 +188,7 @@ def run_cl(
         for s in strategies:
             s.setup(ctx)
         record = run_stream(state, store.log)
+        sync(device)
         wall = time.perf_counter() - start
         if profile is not None:
             profile.disable()
@@ -168,47 +201,62 @@ def run_cl(
     return ArmResult(wall, ctx.iteration, len(record.accs), samples, record.accs[-1])
 
 
-def run_bare(cfg: RunConfig, stream: Stream) -> ArmResult:
-    """The same training and evaluation forwards in a plain PyTorch loop."""
-    exps = stream.experiences
-    in_dim = math.prod(stream.input_shape)
-    model = make_mlp(cfg.seed, in_dim, list(cfg.model.hidden), stream.n_classes)
+def run_bare(cfg: RunConfig, stream: Stream, evals: str = "host") -> ArmResult:
+    """The same training and evaluation forwards in a plain PyTorch loop. `evals`: "host"
+    copies each evaluation's accuracies to the host, "device" keeps them on the device and
+    copies them once at the end, "none" trains only."""
+    exps, device = stream.experiences, torch.device(cfg.run.device)
+    seed_everything(cfg.seed)  # cl's model, with cl's initial weights
+    model = build_model(cfg.model, stream.input_shape, stream.n_classes).to(device)
     opt = torch.optim.SGD(model.parameters(), lr=cfg.optim.lr, momentum=cfg.optim.momentum)
     generator = torch.Generator().manual_seed(cfg.seed)  # the shuffling cl's runner draws
     bs = cfg.train.batch_size
     eval_x = torch.cat([e.eval_x for e in exps])
     eval_y = torch.cat([e.eval_y for e in exps])
-    eval_task = torch.cat([torch.full((len(e.eval_y),), e.index) for e in exps])
+    eval_task = torch.cat([torch.full((len(e.eval_y),), e.index) for e in exps]).to(device)
     sizes = torch.tensor([len(e.eval_y) for e in exps], dtype=torch.float32)
     ends = sizes.long().cumsum(0).tolist()
-    accs: list[list[float]] = []
+    sizes = sizes.to(device)
+    accs: list = []
     samples = iterations = 0
 
     def evaluate(n: int) -> None:  # accuracy on the first n tasks
         nonlocal samples
+        if evals == "none":
+            return
         end = ends[n - 1]
         model.eval()
         with torch.inference_mode():
             hit = (model(eval_x[:end]).argmax(1) == eval_y[:end]).float()
-            correct = torch.zeros(n).index_add_(0, eval_task[:end], hit)
-            accs.append((correct / sizes[:n]).tolist())
+            correct = torch.zeros(n, device=device).index_add_(0, eval_task[:end], hit)
+            acc = correct / sizes[:n]
+            accs.append(acc.tolist() if evals == "host" else acc)
         model.train()
         samples += end
 
     start = time.perf_counter()
     evaluate(len(exps))
     for exp in exps:
-        order = torch.randperm(len(exp.y), generator=generator)
-        n_batches = math.ceil(len(exp.y) / bs)
-        for b, idx in enumerate(order.split(bs)):
-            loss = F.cross_entropy(model(exp.x[idx]), exp.y[idx])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            iterations += 1
-            evaluate(len(exps) if b == n_batches - 1 else exp.index + 1)
+        for epoch in range(cfg.train.epochs):
+            order = torch.randperm(len(exp.y), generator=generator).to(device)
+            n_batches = math.ceil(len(exp.y) / bs)
+            for b, idx in enumerate(order.split(bs)):
+                loss = F.cross_entropy(model(exp.x[idx]), exp.y[idx])
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                iterations += 1
+                last = epoch == cfg.train.epochs - 1 and b == n_batches - 1
+                evaluate(len(exps) if last else exp.index + 1)
+    if evals == "device":  # one copy at the end
+        lengths = [len(a) for a in accs]
+        flat = torch.cat(accs).tolist()
+        accs = [
+            flat[i - n : i] for i, n in zip(itertools.accumulate(lengths), lengths, strict=True)
+        ]
+    sync(device)
     wall = time.perf_counter() - start
-    return ArmResult(wall, iterations, len(accs), samples, accs[-1])
+    return ArmResult(wall, iterations, len(accs), samples, accs[-1] if accs else [])
 
 
 class AvalancheArm:
@@ -303,12 +351,12 @@ class AvalancheArm:
         return ArmResult(wall, count.iterations, count.evals, count.samples, accs)
 
 
-def run_end_to_end(parent: Path) -> float:
+def run_end_to_end(parent: Path, overrides: list[str]) -> float:
     """Wall time of `cl.run(...)`: data load, run folder, runner, checkpoint, plots."""
     import cl
 
     start = time.perf_counter()
-    cl.run([*OVERRIDES, f"run.dir={parent}"], quiet=True)
+    cl.run([*overrides, f"run.dir={parent}"], quiet=True)
     return time.perf_counter() - start
 
 
@@ -367,7 +415,7 @@ def report(results: dict[str, list[ArmResult]], e2e: list[float]) -> str:
     ]
     for arm, runs in results.items():
         r = runs[0]
-        acc = statistics.fmean(a for a in r.final_accs if not math.isnan(a))
+        acc = statistics.fmean([a for a in r.final_accs if not math.isnan(a)] or [math.nan])
         walls = " ".join(f"{x.wall_s:.3f}" for x in runs)
         lines.append(
             f"{arm:<16}{_median(runs):>9.3f}{_median(runs) / bare:>8.2f}x"
@@ -386,6 +434,12 @@ def report(results: dict[str, list[ArmResult]], e2e: list[float]) -> str:
         f"cl runner loop / bare loop: {ratio:.3f}x (median), {_best(cl_runs) / bare_best:.3f}x "
         f"(best-of), {paired:.3f}x (median of per-round ratios); target <= {CL_TARGET}x: {met}",
     ]
+    for arm in ("bare-device", "train-only"):
+        if arm in results:
+            lines.append(
+                f"cl / {arm}: {cl_s / _median(results[arm]):.3f}x (median); bare / {arm}: "
+                f"{bare / _median(results[arm]):.3f}x"
+            )
     for arm, what in (
         ("avalanche-stock", "stock Avalanche (eval_streams=[test_stream])"),
         ("avalanche-seen", "Avalanche evaluating only the seen tasks (same workload)"),
@@ -414,6 +468,11 @@ def report(results: dict[str, list[ArmResult]], e2e: list[float]) -> str:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3, help="timed rounds (default 3)")
+    parser.add_argument("--device", default="cpu", help="cpu (default) or cuda[:N]")
+    parser.add_argument(
+        "--workloads", default=",".join(WORKLOADS), help=f"of {', '.join(WORKLOADS)}"
+    )
+    parser.add_argument("--quick", action="store_true", help="one epoch, two tasks (smoke)")
     parser.add_argument(
         "--avalanche-evaluator",
         choices=("quiet", "default"),
@@ -430,32 +489,14 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.repeats < 1:
         parser.error("--repeats must be at least 1")
-
-    cfg, _ = config_mod.load(OVERRIDES)
-    b = cfg.benchmark
-    data = load_source(b.source, cfg.data.root, cfg.data.download, b.test_fraction, b.split_seed)
-    stream = build_stream(b, data, cfg.seed, cfg.eval.subset)
-    short = truncated(stream, 1)
-    evaluator = args.avalanche_evaluator
-    arms: dict[str, Arm] = {
-        "cl": lambda folder: run_cl(cfg, stream, folder),
-        "bare": lambda folder: run_bare(cfg, stream),
-        "avalanche-stock": AvalancheArm(cfg, stream, all_tasks=True, evaluator=evaluator),
-    }
-    if not args.no_avalanche_seen:
-        arms["avalanche-seen"] = AvalancheArm(cfg, stream, all_tasks=False, evaluator=evaluator)
-    warmups: list[Arm] = [
-        lambda folder: run_cl(cfg, short, folder),
-        lambda folder: run_bare(cfg, short),
-        AvalancheArm(cfg, short, all_tasks=True, evaluator=evaluator),
-    ]
-
+    names = args.workloads.split(",")
+    if unknown := [n for n in names if n not in WORKLOADS]:
+        parser.error(f"unknown workloads {unknown}; valid: {', '.join(WORKLOADS)}")
+    device = torch.device(args.device)
+    avalanche = device.type == "cpu" and importlib.util.find_spec("avalanche") is not None
     print(
-        f"workload: {b.name} on {b.source}, {stream.n_tasks} tasks, train sizes "
-        f"{[len(e.y) for e in stream.experiences]}, eval sizes "
-        f"{[len(e.eval_y) for e in stream.experiences]}; torch {torch.__version__}, "
-        f"{torch.get_num_threads()} threads, {os.cpu_count()} CPUs; "
-        f"Avalanche evaluator: {evaluator}"
+        f"torch {torch.__version__}, device {device}, {torch.get_num_threads()} threads, "
+        f"{os.cpu_count()} CPUs; Avalanche arms: {'yes' if avalanche else 'no'}"
     )
     idle = CpuShares()
     time.sleep(1.0)
@@ -466,29 +507,69 @@ def main(argv: list[str] | None = None) -> None:
         )
         if before["busy"] > 0.1 or before["steal"] > 0.02:
             print("note: other work competes for the CPUs; the timings will be noisy")
+    summary: dict = {"torch": torch.__version__, "device": str(device), "cpu_before": before}
+    for name in names:
+        extra = [*WORKLOADS[name], *(QUICK if args.quick else []), f"run.device={device}"]
+        summary[name] = run_workload(name, extra, args, avalanche and "resnet" not in name)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(summary, indent=2) + "\n")
+    print(f"\nwrote {args.out}")
+
+
+def run_workload(name: str, extra: list[str], args, avalanche: bool) -> dict:
+    """Time every arm on one workload, interleaved; print and return the table."""
+    overrides = [*OVERRIDES, *extra]
+    cfg, _ = config_mod.load(overrides)
+    b = cfg.benchmark
+    data = load_source(b.source, cfg.data.root, cfg.data.download, b.test_fraction, b.split_seed)
+    stream = build_stream(b, data, cfg.seed, cfg.eval.subset).to(cfg.run.device)
+    short = truncated(stream, 1)
+    evaluator = args.avalanche_evaluator
+    arms: dict[str, Arm] = {
+        "cl": lambda folder: run_cl(cfg, stream, folder),
+        "bare": lambda folder: run_bare(cfg, stream, "host"),
+        "bare-device": lambda folder: run_bare(cfg, stream, "device"),
+        "train-only": lambda folder: run_bare(cfg, stream, "none"),
+    }
+    warmups: list[Arm] = [
+        lambda folder: run_cl(cfg, short, folder),
+        lambda folder: run_bare(cfg, short),
+    ]
+    if avalanche:
+        arms["avalanche-stock"] = AvalancheArm(cfg, stream, all_tasks=True, evaluator=evaluator)
+        if not args.no_avalanche_seen:
+            arms["avalanche-seen"] = AvalancheArm(cfg, stream, all_tasks=False, evaluator=evaluator)
+        warmups.append(AvalancheArm(cfg, short, all_tasks=True, evaluator=evaluator))
+    print(
+        f"\n== workload {name}: {cfg.model.name} {list(cfg.model.hidden)}, batch "
+        f"{cfg.train.batch_size}, {cfg.train.epochs} epoch(s), {stream.n_tasks} tasks, train "
+        f"sizes {[len(e.y) for e in stream.experiences]}, eval sizes "
+        f"{[len(e.eval_y) for e in stream.experiences]}"
+    )
     results: dict[str, list[ArmResult]] = {a: [] for a in arms}
     e2e: list[float] = []
-    pair, others = ["cl", "bare"], [a for a in arms if a not in ("cl", "bare")]
+    pair = ["cl", "bare", "bare-device", "train-only"]
+    others = [a for a in arms if a not in pair]
     with tempfile.TemporaryDirectory(prefix="cl-bench-") as tmp:
         root = Path(tmp)
         for i, warmup in enumerate(warmups):
             warmup(root / f"warmup-{i}")
-        if not args.no_e2e:
-            run_end_to_end(root / "e2e-warmup")
+        e2e_on = not args.no_e2e and name == "mlp" and cfg.run.device == "cpu"
+        if e2e_on:
+            run_end_to_end(root / "e2e-warmup", overrides)
         during = CpuShares()
         for rnd in range(args.repeats):
-            flip = -1 if rnd % 2 else 1  # cl and bare back to back, each first in turn
+            flip = -1 if rnd % 2 else 1  # the bare arms back to back, order alternating
             for arm in pair[::flip] + others[::flip]:
                 gc.collect()
                 results[arm].append(arms[arm](root / f"{arm}-{rnd}"))
-            if not args.no_e2e:
+            if e2e_on:
                 gc.collect()
-                e2e.append(run_end_to_end(root / f"e2e-{rnd}"))
+                e2e.append(run_end_to_end(root / f"e2e-{rnd}", overrides))
             times = "  ".join(f"{a} {r[-1].wall_s:.3f}s" for a, r in results.items())
             print(f"round {rnd + 1}/{args.repeats}: {times}", flush=True)
         cpu = during.shares()
         profile = profile_cl(cfg, stream, root / "profile") if args.profile else None
-
     table = report(results, e2e)
     if cpu:
         table += (
@@ -498,21 +579,16 @@ def main(argv: list[str] | None = None) -> None:
     print(f"\n{table}")
     if profile:
         print(f"\n{profile}")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    summary = {
-        "overrides": OVERRIDES,
-        "torch": torch.__version__,
+    return {
+        "overrides": overrides,
         "threads": torch.get_num_threads(),
         "avalanche_evaluator": evaluator,
-        "cpu_before": before,
         "cpu_during": cpu,
         "median_s": {a: _median(r) for a, r in results.items()},
         "runs": {a: [asdict(x) for x in r] for a, r in results.items()},
         "end_to_end_s": e2e,
         "table": table,
     }
-    args.out.write_text(json.dumps(summary, indent=2) + "\n")
-    print(f"\nwrote {args.out}")
 
 
 if __name__ == "__main__":

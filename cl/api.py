@@ -5,6 +5,7 @@ run folder's checkpoint); both hand it to `_drive`, the only place that wires si
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import socket
@@ -64,6 +65,9 @@ def build_state(cfg: RunConfig, ckpt: dict | None = None):
     generator = seed_everything(cfg.seed)
     stream = build_stream(b, data, cfg.seed, cfg.eval.subset, cfg.data.root).to(device)
     model = build_model(cfg.model, stream.input_shape, stream.n_classes).to(device)
+    if cfg.run.compile:  # in place, block by block: `forward` calls them (features, head)
+        for block in model.children():
+            block.compile()
     ctx = make_context(cfg, stream, model, device, generator)
     hooks = plugins.family_of(cfg.strategy).build(cfg.strategy)  # []: the family's own loop
     state = RunState(cfg, ctx, hooks, Monitor(cfg, ctx))
@@ -84,10 +88,10 @@ def build_state(cfg: RunConfig, ckpt: dict | None = None):
 def start(cfg: RunConfig, plain_config: dict, quiet: bool = False) -> Run:
     """Start `cfg` in a new run folder; returns the folder read back. torch's determinism
     flags are set for the run (`run.deterministic`) and restored when it ends."""
-    from cl.environment import determinism
+    from cl.environment import determinism, threads
 
-    with determinism(cfg.run.deterministic):
-        return _start(cfg, plain_config, quiet)
+    with determinism(cfg.run.deterministic), threads(cfg.run.threads) as chosen:
+        return _start(cfg, plain_config, quiet, chosen)
 
 
 def _shipped(group: str, option: str, key: str):
@@ -120,7 +124,7 @@ def default_name(cfg: RunConfig, plain_config: dict) -> str:
     return f"{bench}-{cfg.model.name}-{label}-s{cfg.seed}-{digest[:6]}"
 
 
-def _start(cfg: RunConfig, plain_config: dict, quiet: bool) -> Run:
+def _start(cfg: RunConfig, plain_config: dict, quiet: bool, chosen: dict) -> Run:
     from cl.environment import environment
     from cl.wandb_sink import new_run_id
 
@@ -132,7 +136,7 @@ def _start(cfg: RunConfig, plain_config: dict, quiet: bool) -> Run:
         (folder / "config.yaml").write_text(config.to_yaml(config.OmegaConf.create(plain_config)))
         write_json(
             folder / "environment.json",
-            environment(cfg.seed, state.ctx.device, cfg.run.deterministic),
+            environment(cfg.seed, state.ctx.device, cfg.run.deterministic) | {"threads": chosen},
         )
         return _drive(cfg, plain_config, folder, state, new_run_id(), 0, quiet)
     except BaseException as e:
@@ -159,11 +163,11 @@ def resume(folder: str | Path, overrides=(), quiet: bool = False) -> Run:
             f"({family.no_checkpoints}); start it again"
         )
     cfg, tree = config.load_saved(folder / "config.yaml", list(overrides))
-    from cl.environment import determinism
+    from cl.environment import determinism, threads
 
     lock = FolderLock(folder)
     try:
-        with determinism(cfg.run.deterministic):  # before the checkpoint's tensors go to a GPU
+        with determinism(cfg.run.deterministic), threads(cfg.run.threads):  # before any GPU work
             return _resume(folder, cfg, config.as_plain(tree), quiet)
     except OSError as e:  # a full disk or an I/O error before the run went on
         raise UserError(f"cannot resume {folder}: {os_error(e)}") from None
@@ -310,9 +314,12 @@ def _drive(
     store, wandb, log = open_sinks(cfg, plain_config, folder, run_id, rows, resumed)
     sinks = [store] if wandb is None else [store, wandb]
     digest = checkpoint.config_digest(folder)
-    saver = checkpoint.Checkpointer(
-        state, folder, lambda: checkpoint.state_dict(state, store.rows, run_id, digest)
-    )
+
+    def snapshot() -> dict:  # at a chunk boundary: the queued rows go out first
+        state.monitor.flush(log)
+        return checkpoint.state_dict(state, store.rows, run_id, digest)
+
+    saver = checkpoint.Checkpointer(state, folder, snapshot)
     if rows:  # resumed: the folder's checkpoint is where this state came from
         saver.saved_at = state.ctx.iteration
     progress = Progress(cfg.run.progress and not quiet)
@@ -339,6 +346,9 @@ def _drive(
             raise
         finally:
             stop.finishing = True
+            if fault is None:  # rows queued before a stop, Ctrl-C or error (best effort)
+                with contextlib.suppress(Exception):
+                    state.monitor.flush(log)
             progress.close()
             wall = time.perf_counter() - began
             summary = outputs.summary(state, status, error, wall, cfg.run.deterministic)

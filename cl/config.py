@@ -259,6 +259,7 @@ RESUME_KEYS = (
     "run.checkpoint",
     "run.checkpoint_every",
     "run.checkpoint_minutes",
+    "run.row_chunk",
     "wandb.mode",
     "wandb.init_timeout",
 )

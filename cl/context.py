@@ -41,6 +41,7 @@ class Context:
     seen_classes: list[int] = field(default_factory=list)
     class_mask: torch.Tensor | None = None  # (n_tasks, n_classes) in task-incremental streams
     generator: torch.Generator | None = None  # the run's training RNG (sampling, shuffling)
+    amp: bool = False  # train.amp=bf16: the training forward under torch.autocast(bfloat16)
     features: torch.Tensor | None = None  # penultimate features of the current training batch
     # A rehearsal strategy's episodic memory (tensors `x`, `y`, `task`), set in its `setup`, for
     # the strategies after it in the list (replay -> GEM/A-GEM reference gradients), and the

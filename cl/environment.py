@@ -8,6 +8,7 @@ import random
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -58,6 +59,52 @@ def determinism(on: bool) -> Iterator[None]:
         torch.use_deterministic_algorithms(algorithms, warn_only=warn_only)
         torch.backends.cudnn.deterministic = cudnn_deterministic
         torch.backends.cudnn.benchmark = benchmark
+
+
+def _cpu_ticks() -> tuple[int, int] | None:
+    """(busy, total) jiffies of all CPUs from /proc/stat (Linux), or None."""
+    try:
+        with open("/proc/stat") as f:
+            v = [int(x) for x in f.readline().split()[1:9]]
+    except (OSError, ValueError):
+        return None
+    return sum(v) - v[3] - v[4], sum(v)
+
+
+def busy_cpus(window: float = 0.1) -> float:
+    """CPUs kept busy by other processes: the busy share of all CPUs over `window` seconds
+    (/proc/stat, while this process sleeps) times their number; else the 1-minute load."""
+    n = os.cpu_count() or 1
+    start = _cpu_ticks()
+    if start is None:
+        return min(float(n), os.getloadavg()[0]) if hasattr(os, "getloadavg") else 0.0
+    time.sleep(window)
+    end = _cpu_ticks()
+    busy, total = end[0] - start[0], end[1] - start[1]
+    return n * busy / total if total > 0 else 0.0
+
+
+@contextmanager
+def threads(setting: int) -> Iterator[dict]:
+    """`run.threads`: torch's intra-op threads for the run (restored on exit). 0 (auto): the
+    CPUs free at the start, rounded, at least 1, never more than torch's count before (which
+    honours OMP_NUM_THREADS), so a run beside busy neighbours does not fight them with a
+    thread that only waits. Yields the record for environment.json."""
+    before = torch.get_num_threads()
+    record = {"setting": setting, "before": before}
+    if setting:
+        chosen = setting
+    else:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else before
+        busy = busy_cpus()
+        chosen = max(1, min(before, round(cores - busy)))
+        record |= {"cpus": cores, "busy_cpus": round(busy, 2)}
+    record["chosen"] = chosen
+    torch.set_num_threads(chosen)
+    try:
+        yield record
+    finally:
+        torch.set_num_threads(before)
 
 
 def determinism_flags() -> dict:

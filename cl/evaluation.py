@@ -63,6 +63,12 @@ class Evaluator:
     def __call__(self, model: torch.nn.Module, n: int):
         """Accuracy and mean cross-entropy on each of the first `n` tasks (two lists), and
         the per-sample correctness (bool tensor over those tasks' samples, in order)."""
+        stats, hits = self.device(model, n)
+        accs, losses = stats.tolist()
+        return accs, losses, hits
+
+    def device(self, model: torch.nn.Module, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """As `__call__`, left on the device: ((2, n) float64 accuracies and losses, hits)."""
         end = self.ends[n - 1]
         was_training = model.training
         model.eval()
@@ -83,7 +89,7 @@ class Evaluator:
                     hits.append(out.argmax(1) == y)
                     hit_ce = torch.stack([hits[-1], per_sample_ce(out, y)], 1)
                     sums.index_add_(0, task, hit_ce.double())
-                stats = (sums / self.sizes[:n, None]).T.tolist()
+                stats = (sums / self.sizes[:n, None]).T
         finally:
             model.train(was_training)
-        return stats[0], stats[1], hits[0] if len(hits) == 1 else torch.cat(hits)
+        return stats, hits[0] if len(hits) == 1 else torch.cat(hits)

@@ -42,14 +42,25 @@ class Tracker:
         self.forgets = torch.zeros(n, dtype=torch.int32, device=device)
         self.learns = torch.zeros(n, dtype=torch.int32, device=device)
         self.first = torch.full((n,), -1, dtype=torch.int64, device=device)
-        # after a switch, then elsewhere: [events, old-task events, rows, rows with old tasks]
-        self.tally = [0] * 8
+        # after a switch, then elsewhere: [events, old-task events] (on the device), and
+        # [rows, rows with old tasks] (on the host)
+        self.events = torch.zeros(4, dtype=torch.int64, device=device)
+        self.rows = [0] * 4
         self.experience, self.switch, self.last = 0, 0, 0  # switch: iteration task k began
-        self.total = 0
+        self.total = torch.zeros((), dtype=torch.int64, device=device)
 
-    def update(self, hits: torch.Tensor, experience: int, iteration: int) -> int:
+    @property
+    def tally(self) -> list[int]:
+        """After a switch, then elsewhere: [events, old-task events, rows, rows with old
+        tasks] (a host copy)."""
+        a, oa, b, ob = self.events.tolist()
+        ra, roa, rb, rob = self.rows
+        return [a, oa, ra, roa, b, ob, rb, rob]
+
+    def update(self, hits: torch.Tensor, experience: int, iteration: int) -> torch.Tensor:
         """Record the correctness `hits` (bool, the first samples of tasks 0..experience, in
-        order) at `iteration`; returns the number of forgetting events it holds."""
+        order) at `iteration`; returns the number of forgetting events it holds (a device
+        scalar: no host copy here)."""
         n = self.ends[experience]
         prev, hits = self.correct[:n], hits[:n]
         forget, learn = prev > hits, hits > prev
@@ -59,18 +70,16 @@ class Tracker:
         self.learns[:n] += learn
         prev.copy_(hits)
         old = self.ends[experience - 1] if experience else 0
-        if old:
-            events, old_events = torch.stack([forget.sum(), forget[:old].sum()]).tolist()
-        else:
-            events, old_events = int(forget.sum()), 0
+        counts = torch.stack([forget.sum(), forget[:old].sum()])
         if experience != self.experience:
             self.experience, self.switch = experience, self.last
         self.last = iteration
-        b = 0 if experience > 0 and iteration - self.switch <= self.window else 4
-        for i, v in enumerate((events, old_events, 1, old > 0)):
-            self.tally[b + i] += v
-        self.total += events
-        return events
+        b = 0 if experience > 0 and iteration - self.switch <= self.window else 2
+        self.events[b : b + 2] += counts
+        self.rows[b] += 1
+        self.rows[b + 1] += old > 0
+        self.total = self.total + counts[0]
+        return counts[0]
 
     def per_task_mean(self) -> list[float]:
         """Mean forgetting events per sample of each task tracked so far."""
@@ -124,15 +133,18 @@ class Tracker:
             "forgets": self.forgets.clone(),
             "learns": self.learns.clone(),
             "first": self.first.clone(),
-            "tally": list(self.tally),
-            "marks": [self.experience, self.switch, self.last, self.total],
+            "tally": self.tally,
+            "marks": [self.experience, self.switch, self.last, int(self.total)],
         }
 
     def load_state_dict(self, state: dict) -> None:
         for key in ("correct", "forgets", "learns", "first"):
             getattr(self, key).copy_(state[key])
-        self.tally = list(state["tally"])
-        self.experience, self.switch, self.last, self.total = state["marks"]
+        a, oa, ra, roa, b, ob, rb, rob = state["tally"]
+        self.events = torch.tensor([a, oa, b, ob], device=self.events.device)
+        self.rows = [ra, roa, rb, rob]
+        self.experience, self.switch, self.last, total = state["marks"]
+        self.total = torch.tensor(total, device=self.events.device)
 
 
 def train_probe(stream, n: int, seed: int, device, batch_size: int = 4096) -> Evaluator:

@@ -5,8 +5,9 @@ one object, so a run can start fresh or continue from a checkpoint through the s
 One training iteration = one optimizer step on one batch. After every `eval.every`
 iterations (and every `plasticity.every`), and always at the end of each experience (after
 the strategies' `after_experience`), the monitor scores the seen tasks (all tasks at
-experience ends and before training, for R and FWT) and one row goes to `log`. Strategies
-act only through their hooks.
+experience ends and before training, for R and FWT) and queues one row; rows go to `log` in
+order, in chunks of `run.row_chunk` (one host copy per chunk: no host synchronisation per
+iteration on CUDA) and at the end. Strategies act only through their hooks.
 """
 
 from __future__ import annotations
@@ -68,6 +69,7 @@ def make_context(
         generator=generator,
         epochs=cfg.train.epochs,
         class_mask=stream.class_mask(device) if stream.task_incremental else None,
+        amp=cfg.train.amp == "bf16",
     )
     if hasattr(ctx.optimizer, "watch"):
         ctx.optimizer.watch(ctx)
@@ -80,12 +82,13 @@ def train_step(ctx: Context, strategies: list[Strategy], batch: Batch, grad_norm
     Returns (loss, online correct count, gradient norm before any gradient surgery or None,
     the strategies' `metrics()` as {"strategy/<name>/<key>": value}).
     """
-    output, ctx.features = forward(ctx.model, batch.x)
-    logits = ctx.logits(output, batch.task)
-    if batch.weight is None:
-        loss = F.cross_entropy(logits, batch.y)
-    else:
-        loss = (F.cross_entropy(logits, batch.y, reduction="none") * batch.weight).sum()
+    with torch.autocast(ctx.device.type, torch.bfloat16, enabled=ctx.amp):
+        output, ctx.features = forward(ctx.model, batch.x)
+        logits = ctx.logits(output, batch.task)
+        if batch.weight is None:
+            loss = F.cross_entropy(logits, batch.y)
+        else:
+            loss = (F.cross_entropy(logits, batch.y, reduction="none") * batch.weight).sum()
     for s in strategies:
         extra = s.loss(ctx, batch, logits)
         if extra is not None:
@@ -143,14 +146,15 @@ def run_stream(
     """Train from `state.cursor` to the end of the stream; log one row per evaluation.
 
     Strategies must be set up. `safe_point(boundary)` is called after every iteration and at
-    every experience end, when `state` is consistent (a checkpoint may be taken there).
+    every experience end, when `state` is consistent (a checkpoint may be taken there, after
+    `state.monitor.flush(log)`: rows still queued are not in `state`'s checkpoint).
     Raises RunFailed on a non-finite loss; `state.monitor.record` then holds the rows so far.
     """
     cfg, ctx, strategies, monitor = state.cfg, state.ctx, state.strategies, state.monitor
     bs, epochs, cur = cfg.train.batch_size, cfg.train.epochs, state.cursor
     monitor.evaluator.hook = inference_hook(strategies, ctx)  # the strategies' `eval_logits`
     if not monitor.record.iteration:
-        log(monitor.row(ctx, epoch=0, boundary=True))  # before any training: b for FWT
+        monitor.add(ctx, 0, True, log)  # before any training: b for FWT
     while cur.experience < ctx.stream.n_tasks:
         exp = ctx.stream.experiences[cur.experience]
         ctx.experience = exp.index
@@ -183,7 +187,7 @@ def run_stream(
                 cur.batch += 1
                 last = cur.epoch == epochs - 1 and cur.batch == n_batches
                 if not last and monitor.due(ctx.iteration):
-                    log(monitor.row(ctx, cur.epoch, boundary=False))
+                    monitor.add(ctx, cur.epoch, False, log)
                 if progress is not None:
                     progress(ctx.iteration, monitor.record)
                 if safe_point is not None:
@@ -192,16 +196,14 @@ def run_stream(
         for s in strategies:
             s.after_experience(ctx)
         # the experience's last row comes after its end-of-task changes (e.g. WA's alignment)
-        row = monitor.row(ctx, epochs - 1, boundary=True)
-        row.update(
-            {
-                f"strategy/{s.name}/{k}": v
-                for s in strategies
-                for k, v in s.experience_metrics().items()
-            }
-        )
-        log(row)
+        stats = {
+            f"strategy/{s.name}/{k}": v
+            for s in strategies
+            for k, v in s.experience_metrics().items()
+        }
+        monitor.add(ctx, epochs - 1, True, log, stats)
         state.cursor = cur = Cursor(experience=cur.experience + 1)
         if safe_point is not None:
             safe_point(True)
+    monitor.flush(log)
     return monitor.record

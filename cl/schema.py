@@ -52,6 +52,7 @@ class OptimConfig:
 class TrainConfig:
     epochs: int = 1
     batch_size: int = 32
+    amp: str = "off"  # off | bf16: torch.autocast of the training forward and loss (CPU, CUDA)
 
 
 @dataclass
@@ -115,6 +116,9 @@ class RunSection:
     checkpoint_every: int = 1000  # also checkpoint every N training iterations ...
     checkpoint_minutes: float = 10.0  # ... and every N minutes of wall time (0 = off)
     report: bool = True  # write report.html (and log it to W&B) when the run ends
+    compile: bool = False  # torch.compile the model's top-level blocks (slow first iterations)
+    threads: int = 0  # torch's CPU threads (0 = auto: the cores free at the start; README)
+    row_chunk: int = 0  # rows copied to the host at once (0 = auto: 50 on CUDA, 1 on CPU)
 
 
 @dataclass

@@ -26,6 +26,7 @@ CHOICES = {
     "optim.name": ("sgd", "adam", "rmsprop", "adagrad", "tag"),
     "optim.base": ("rmsprop", "adam", "adagrad"),
     "metrics.transfer_normaliser": ("paper", "code"),
+    "train.amp": ("off", "bf16"),
     "wandb.mode": ("offline", "online", "disabled"),
 }
 
@@ -90,6 +91,8 @@ def validate(cfg: DictConfig) -> RunConfig:
         _int_in(key, OmegaConf.select(cfg, key), 1, MAX_INT, "a positive integer")
     _int_in("plasticity.every", cfg.plasticity.every, 0, MAX_INT, "an integer >= 0 (0 = off)")
     _int_in("plasticity.probe_every", cfg.plasticity.probe_every, 0, MAX_INT, "an integer >= 0")
+    _int_in("run.threads", cfg.run.threads, 0, 4096, "an integer >= 0 (0 = auto)")
+    _int_in("run.row_chunk", cfg.run.row_chunk, 0, MAX_INT, "an integer >= 0 (0 = auto)")
     ef = cfg.metrics.example_forgetting
     _int_in("metrics.example_forgetting.train_probe", ef.train_probe, 0, MAX_INT, "an integer >= 0")
     _int_in("metrics.example_forgetting.window", ef.window, 0, MAX_INT, "an integer >= 0")

@@ -31,6 +31,7 @@ class Accuracy(Tracker):
         "n_unrecovered",
         "accuracy_matrix", "wf_{w}", "wp_{w}", "wp_official_{w}",
     )  # fmt: skip
+    on_host = True
 
     def __init__(self, cfg: MetricsConfig, n_tasks: int):
         self.cfg, self.n_tasks = cfg, n_tasks

@@ -26,11 +26,12 @@ class Env:
 
 @dataclass
 class Step:
-    """One training iteration: summed loss and correct count of its new samples (device
-    scalars), the gradient norm (when asked for), the strategies' statistics, the new samples."""
+    """One training iteration: loss and correct count of its new samples (device scalars, or
+    host numbers for `on_host` trackers), the gradient norm (when asked for), the strategies'
+    statistics, the number of new samples."""
 
-    loss: torch.Tensor
-    correct: torch.Tensor
+    loss: torch.Tensor | float
+    correct: torch.Tensor | int
     grad_norm: float | None
     stats: dict[str, float]
     n: int
@@ -39,14 +40,16 @@ class Step:
 @dataclass
 class Evaluation:
     """One row's evaluation of the scored tasks (seen ones, all at boundaries): accuracies,
-    losses and per-sample correctness `hits` (laid out task after task, `ends` cumulative)."""
+    losses and per-sample correctness `hits` (a device tensor laid out task after task, `ends`
+    cumulative). `accs` and `losses` are host lists for `on_host` trackers; the others see
+    them still on the device (`accs` a (2, n) tensor, `losses` None)."""
 
     model: nn.Module
     experience: int
     iteration: int
     boundary: bool
-    accs: list[float]
-    losses: list[float]
+    accs: list[float] | torch.Tensor
+    losses: list[float] | None
     hits: torch.Tensor
     ends: list[int]
 
@@ -59,6 +62,10 @@ class Tracker:
     (row and summary) it logs. The defaults do nothing."""
 
     keys: tuple[str, ...] = ()
+    # True: `step`, `window` and `row` run when the row reaches the host (monitor.flush), with
+    # host numbers (Step.loss, Step.correct, Evaluation.accs, .losses); False: at the row's
+    # iteration, with device tensors (its row values may be device scalars, copied later)
+    on_host: bool = False
 
     def due(self, iteration: int) -> bool:
         """Whether this family needs a row at `iteration` (besides every `eval.every`)."""

@@ -29,7 +29,7 @@ class ExampleForgetting(Tracker):
             return {}
         out, k, it = {}, ev.experience, ev.iteration
         for name, (evaluator, tracker) in self.sets.items():
-            hits = ev.hits if evaluator is None else evaluator(ev.model, k + 1)[2]
+            hits = ev.hits if evaluator is None else evaluator.device(ev.model, k + 1)[1]
             out[f"example_forgetting/{name}/events"] = tracker.update(hits, k, it)
             out[f"example_forgetting/{name}/cumulative"] = tracker.total
         return out

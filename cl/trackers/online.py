@@ -19,11 +19,12 @@ class Online(Tracker):
         "train/loss", "train/online_acc", "online_acc", "online_acc_per_task",
         "learning_speed", "learning_speed_per_task",
     )  # fmt: skip
+    on_host = True
 
     def __init__(self, cfg: MetricsConfig):
         self.cfg = cfg
-        self.loss: list[torch.Tensor] = []
-        self.correct: list[torch.Tensor] = []
+        self.loss: list[float] = []
+        self.correct: list[int] = []
         self.seen: list[int] = []
         self.online: dict[int, list[float]] = {}  # task -> its batches' accuracies
 
@@ -36,15 +37,14 @@ class Online(Tracker):
         if not self.loss:
             return {}
         k, steps = ev.experience, len(self.loss)
-        loss = (self.loss[0] if steps == 1 else torch.stack(self.loss).sum()).item() / steps
+        loss = sum(self.loss) / steps
         if not math.isfinite(loss):
             raise RunFailed(
                 f"the training loss became {loss} in the {steps} iteration(s) before iteration "
                 f"{ev.iteration} (experience {k}); lower optim.lr or check the data. Rows "
                 "logged so far are kept."
             )
-        hits = self.correct[0].item() if steps == 1 else torch.stack(self.correct).tolist()
-        hits = [hits] if steps == 1 else hits
+        hits = self.correct
         self.online.setdefault(k, []).extend(h / n for h, n in zip(hits, self.seen, strict=True))
         out = {"train/loss": loss, "train/online_acc": sum(hits) / sum(self.seen)}
         self.loss, self.correct, self.seen = [], [], []
@@ -67,15 +67,15 @@ class Online(Tracker):
         f64 = lambda v: torch.tensor(v, dtype=torch.float64)  # noqa: E731 - exact for floats
         return {
             "online": {k: f64(v) for k, v in self.online.items()},
-            "loss": torch.stack(self.loss) if self.loss else None,
-            "correct": torch.stack(self.correct) if self.correct else None,
+            "loss": f64(self.loss) if self.loss else None,
+            "correct": torch.tensor(self.correct) if self.correct else None,
             "seen": list(self.seen),
         }
 
     def load_state_dict(self, state: dict) -> None:
         self.online = {k: v.tolist() for k, v in state["online"].items()}
-        self.loss = [] if state["loss"] is None else list(state["loss"].unbind())
-        self.correct = [] if state["correct"] is None else list(state["correct"].unbind())
+        self.loss = [] if state["loss"] is None else state["loss"].tolist()
+        self.correct = [] if state["correct"] is None else state["correct"].tolist()
         self.seen = list(state["seen"])
 
 
