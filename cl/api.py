@@ -167,12 +167,23 @@ def resume(folder: str | Path, overrides=(), quiet: bool = False) -> Run:
 
     lock = FolderLock(folder)
     try:
-        with determinism(cfg.run.deterministic), threads(cfg.run.threads):  # before any GPU work
+        count = cfg.run.threads or _started_with_threads(folder)  # same count: same numbers
+        with determinism(cfg.run.deterministic), threads(count):  # before any GPU work
             return _resume(folder, cfg, config.as_plain(tree), quiet)
     except OSError as e:  # a full disk or an I/O error before the run went on
         raise UserError(f"cannot resume {folder}: {os_error(e)}") from None
     finally:
         lock.release()
+
+
+def _started_with_threads(folder: Path) -> int:
+    """The torch thread count the run started with (environment.json), or 0 (auto) if unknown:
+    an automatic choice is not made again on resume, whose numbers must equal the first ones."""
+    try:
+        chosen = json.loads((folder / "environment.json").read_text())["threads"]["chosen"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return 0
+    return chosen if isinstance(chosen, int) and chosen > 0 else 0
 
 
 def _resume(folder: Path, cfg: RunConfig, plain_config: dict, quiet: bool) -> Run:
