@@ -90,7 +90,8 @@ def start(cfg: RunConfig, plain_config: dict, quiet: bool = False) -> Run:
     flags are set for the run (`run.deterministic`) and restored when it ends."""
     from cl.environment import determinism, threads
 
-    with determinism(cfg.run.deterministic), threads(cfg.run.threads) as chosen:
+    adapt = not cfg.run.deterministic  # a deterministic run's numbers must not follow the load
+    with determinism(cfg.run.deterministic), threads(cfg.run.threads, adapt) as chosen:
         return _start(cfg, plain_config, quiet, chosen)
 
 

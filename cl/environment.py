@@ -85,15 +85,18 @@ def busy_cpus(window: float = 0.1) -> float:
 
 
 @contextmanager
-def threads(setting: int) -> Iterator[dict]:
-    """`run.threads`: torch's intra-op threads for the run (restored on exit). 0 (auto): the
-    CPUs free at the start, rounded, at least 1, never more than torch's count before (which
-    honours OMP_NUM_THREADS), so a run beside busy neighbours does not fight them with a
-    thread that only waits. Yields the record for environment.json."""
+def threads(setting: int, adapt: bool = True) -> Iterator[dict]:
+    """`run.threads`: torch's intra-op threads for the run (restored on exit). 0 (auto): with
+    `adapt`, the CPUs free at the start, rounded, at least 1, never more than torch's count
+    before (which honours OMP_NUM_THREADS), so a run beside busy neighbours does not fight them
+    with a thread that only waits; without it (a deterministic run, whose numbers must not
+    depend on the machine's load), torch's count. Yields the record for environment.json."""
     before = torch.get_num_threads()
     record = {"setting": setting, "before": before}
     if setting:
         chosen = setting
+    elif not adapt:
+        chosen = before
     else:
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else before
         busy = busy_cpus()

@@ -39,6 +39,10 @@ def test_threads_are_pinned_or_chosen_recorded_and_restored(tmp_path):
     env = json.loads((run.path / "environment.json").read_text())
     assert env["threads"]["chosen"] == env["torch_threads"] == 1
     run = cl.run([*SMALL, f"run.dir={tmp_path}", "run.name=auto"], quiet=True)
+    fixed = json.loads((run.path / "environment.json").read_text())["threads"]
+    assert fixed["setting"] == 0 and fixed["chosen"] == before  # deterministic: not the load
+    free = [*SMALL, f"run.dir={tmp_path}", "run.name=adapt", "run.deterministic=false"]
+    run = cl.run(free, quiet=True)
     auto = json.loads((run.path / "environment.json").read_text())["threads"]
     assert auto["setting"] == 0 and 1 <= auto["chosen"] <= before and "busy_cpus" in auto
     assert torch.get_num_threads() == before
