@@ -37,7 +37,7 @@ class Options:
     dir: str = "sweeps"
     workers: int | None = None  # parallel trials; default: cores // threads
     threads: int | None = None  # torch threads per trial; default 1 (cores // workers)
-    executor: str = "local"  # local | ray | slurm
+    executor: str = "local"  # local | ray | slurm | vectorized
     address: str | None = None  # Ray cluster address or auto; none: a local Ray
     retries: int = 0
     metric: str = "acc"
@@ -70,8 +70,10 @@ def parse_options(items: list[str], allowed=(*SWEEP_KEYS, "slurm")) -> dict[str,
 
 
 def check_options(o: Options) -> None:
-    if o.executor not in ("local", "ray", "slurm"):
-        raise UserError(f"sweep.executor={o.executor!r}; valid choices: local, ray, slurm")
+    if o.executor not in ("local", "ray", "slurm", "vectorized"):
+        raise UserError(
+            f"sweep.executor={o.executor!r}; valid choices: local, ray, slurm, vectorized"
+        )
     if not isinstance(o.slurm, dict):
         raise UserError("sweep.slurm takes sub-keys, e.g. sweep.slurm.partition=gpu")
     if o.executor == "slurm":
@@ -276,7 +278,8 @@ def resume_sweep(path: str, overrides: list[str], quiet: bool) -> int:
 def execute(data: dict, options: Options, quiet: bool) -> int:
     """Run every trial not finished yet; write the tables; the exit code (0, 1, 128+sig)."""
     path = Path(data["path"])
-    threads = options.threads or max(1, cores() // (options.workers or cores()))
+    one = 1 if options.executor == "vectorized" else cores()  # a group uses every core
+    threads = options.threads or max(1, cores() // (options.workers or one))
     if options.executor == "slurm":  # a trial's threads: its CPUs on the cluster
         from cl.sweep.slurm import threads_for
 
@@ -303,6 +306,10 @@ def execute(data: dict, options: Options, quiet: bool) -> int:
         from cl.sweep.slurm import SlurmPool
 
         pool = SlurmPool(path, options.slurm, threads, options.workers or max(1, len(queue)))
+    elif options.executor == "vectorized":  # seeds of one config as one stacked model
+        from cl.sweep.vectorized import VectorizedPool
+
+        pool = VectorizedPool(options.workers or 1, options.threads or cores())
     else:
         from cl.sweep.executors import LocalPool
 
