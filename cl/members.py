@@ -144,7 +144,9 @@ class StackedStream:
             raise UserError("the members' experiences differ in size; use sweep.executor=local")
         self.name, self.n_classes = s0.name, s0.n_classes
         self.input_shape, self.task_incremental = s0.input_shape, s0.task_incremental
-        self.experiences = [StackedExperience(es) for es in zip(*[s.experiences for s in streams])]
+        self.experiences = [
+            StackedExperience(es) for es in zip(*[s.experiences for s in streams], strict=True)
+        ]
         self.streams = streams
 
     @property
@@ -277,12 +279,12 @@ class MemberWise(Strategy):
         self.surgery = cls.after_backward is not Strategy.after_backward
         self.scores = cls.eval_logits is not Strategy.eval_logits
 
-    def _each(self, method: str, *args_of) -> list:
+    def _each(self, method: str) -> list:
         self.group.sync()
         return [getattr(s, method)(c) for s, c in zip(self.instances, self.members, strict=True)]
 
     def before_experience(self, ctx):
-        for s, c in zip(self.instances, self.members, strict=True):
+        for c in self.members:
             e = c.stream.experiences[ctx.experience]
             c.seen_classes = sorted(set(c.seen_classes) | set(e.classes))
         self._each("before_experience")
@@ -451,7 +453,9 @@ class GroupMonitor:
         for mon, c, (accs, losses, hits) in zip(
             self.monitors, self.members, self.evaluator(ctx.model, n_eval), strict=True
         ):
-            ev = Evaluation(c.model, k, ctx.iteration, boundary, accs, losses, hits, mon.evaluator.ends)
+            ev = Evaluation(
+                c.model, k, ctx.iteration, boundary, accs, losses, hits, mon.evaluator.ends
+            )
             row: dict = {"iteration": ctx.iteration, "experience": k, "epoch": epoch}
             for t in mon.trackers.values():
                 row.update(t.window(ev))

@@ -25,8 +25,6 @@ def group_key(job: dict) -> tuple:
 def run_members(cfgs: list, plains: list[dict]) -> list[str]:
     """Train `cfgs` (one config, several seeds) as one group; every member's run folder.
     Returns each member's status."""
-    import torch
-
     from cl import api, config, members, outputs
     from cl.environment import determinism, environment
     from cl.runner import run_stream
@@ -72,9 +70,7 @@ def run_members(cfgs: list, plains: list[dict]) -> list[str]:
                 error = str(e)
             wall = time.perf_counter() - began
             members.unstack(group, states)
-            for state, cfg, folder, (store, wandb, _) in zip(
-                states, cfgs, folders, sinks, strict=True
-            ):
+            for state, cfg, folder, (_, wandb, _) in zip(states, cfgs, folders, sinks, strict=True):
                 summary = outputs.summary(state, status, error, wall, cfg.run.deterministic)
                 outputs.write_tables(folder, state)
                 outputs.write(folder, summary, wandb, cfg, finished=status == "finished")
