@@ -73,7 +73,8 @@ def main() -> None:
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     out: dict = {"cores": cores(), "seeds": a.seeds, "quick": a.quick, "results": {}}
     for name in a.workloads.split(","):
-        work = WORKLOADS[name] + (QUICK[name] if a.quick else [])
+        merged = {o.split("=")[0]: o for o in WORKLOADS[name] + (QUICK[name] if a.quick else [])}
+        work = list(merged.values())
         times: dict[str, list[float]] = {k: [] for k in a.arms.split(",")}
         peaks: dict[str, float] = {}
         for r in range(a.repeats):
