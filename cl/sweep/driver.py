@@ -278,8 +278,7 @@ def resume_sweep(path: str, overrides: list[str], quiet: bool) -> int:
 def execute(data: dict, options: Options, quiet: bool) -> int:
     """Run every trial not finished yet; write the tables; the exit code (0, 1, 128+sig)."""
     path = Path(data["path"])
-    one = 1 if options.executor == "vectorized" else cores()  # a group uses every core
-    threads = options.threads or max(1, cores() // (options.workers or one))
+    threads = options.threads or max(1, cores() // (options.workers or cores()))
     if options.executor == "slurm":  # a trial's threads: its CPUs on the cluster
         from cl.sweep.slurm import threads_for
 
@@ -309,7 +308,7 @@ def execute(data: dict, options: Options, quiet: bool) -> int:
     elif options.executor == "vectorized":  # seeds of one config as one stacked model
         from cl.sweep.vectorized import VectorizedPool
 
-        pool = VectorizedPool(options.workers or 1, options.threads or cores())
+        pool = VectorizedPool(options.workers or cores(), threads)
     else:
         from cl.sweep.executors import LocalPool
 

@@ -102,7 +102,8 @@ def run_group(jobs: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 class VectorizedPool:
     """Takes every queued trial, groups those that differ only in their seed, and runs each
-    group in a warm worker (`workers` groups at a time)."""
+    group in a warm worker (`workers` groups at a time, `threads` torch threads each; with
+    fewer groups than workers the largest groups are halved, so every worker has one)."""
 
     def __init__(self, workers: int, threads: int):
         self.pool = LocalPool(workers, threads)
@@ -120,7 +121,14 @@ class VectorizedPool:
             if job["mode"] == "resume":  # no group checkpoints yet: a stopped member restarts
                 job = {**job, "mode": "start"}
             by_key.setdefault(group_key(job), []).append(job)
-        self.groups.extend(by_key.values())
+        groups = list(by_key.values())
+        while groups and len(groups) < self.pool.capacity:  # fewer groups than workers: split
+            big = max(groups, key=len)
+            if len(big) < 2:
+                break
+            groups.remove(big)
+            groups += [big[: len(big) // 2], big[len(big) // 2 :]]
+        self.groups.extend(groups)
         self.pending = []
 
     def wait(self, timeout: float) -> list[tuple[dict, dict]]:
