@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import torch
+from torch.nn import functional as F
 
 if TYPE_CHECKING:
     from cl.streams import Stream
@@ -48,6 +49,27 @@ class Context:
     # memory samples it mixed into this iteration's batch (None while the memory is empty).
     memory: Any = None
     replayed: Batch | None = None
+
+    # The member axis (cl/members.py) reaches the loop through these four; a single run's
+    # tensors have no member axis: samples are dim 0 (dim -1 of `y` and of the order).
+    def shuffle(self, n: int) -> torch.Tensor:
+        """This epoch's sample order."""
+        return torch.randperm(n, generator=self.generator)
+
+    def take(self, t: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        """The samples `idx` of `t`."""
+        return t[idx]
+
+    def task_loss(self, logits: torch.Tensor, batch: Batch) -> torch.Tensor:
+        """The task loss: mean CE, or `sum(weight * CE)` for a weighted batch."""
+        if batch.weight is None:
+            return F.cross_entropy(logits, batch.y)
+        return (F.cross_entropy(logits, batch.y, reduction="none") * batch.weight).sum()
+
+    def grad_norm(self) -> float:
+        from cl.plasticity import gradient_norm
+
+        return gradient_norm(self.model)
 
     def logits(self, output: torch.Tensor, task: torch.Tensor) -> torch.Tensor:
         """Restrict logits to each sample's task classes when the stream is task-incremental."""

@@ -18,14 +18,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
-from torch.nn import functional as F
 
 from cl.catalog import OPTIMIZERS
 from cl.context import Batch, Context
 from cl.errors import RunFailed
 from cl.models import forward
 from cl.monitor import Monitor, Record
-from cl.plasticity import gradient_norm
 from cl.schema import RunConfig
 from cl.strategy import Strategy, inference_hook
 from cl.streams import Stream
@@ -85,17 +83,14 @@ def train_step(ctx: Context, strategies: list[Strategy], batch: Batch, grad_norm
     with torch.autocast(ctx.device.type, torch.bfloat16, enabled=ctx.amp):
         output, ctx.features = forward(ctx.model, batch.x)
         logits = ctx.logits(output, batch.task)
-        if batch.weight is None:
-            loss = F.cross_entropy(logits, batch.y)
-        else:
-            loss = (F.cross_entropy(logits, batch.y, reduction="none") * batch.weight).sum()
+        loss = ctx.task_loss(logits, batch)
     for s in strategies:
         extra = s.loss(ctx, batch, logits)
         if extra is not None:
             loss = loss + extra
     ctx.optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    norm = gradient_norm(ctx.model) if grad_norm else None
+    loss.backward(torch.ones_like(loss))  # one loss per member in a group (cl/members.py)
+    norm = ctx.grad_norm() if grad_norm else None
     for s in strategies:
         s.after_backward(ctx)
     try:
@@ -110,7 +105,7 @@ def train_step(ctx: Context, strategies: list[Strategy], batch: Batch, grad_norm
     for s in strategies:
         s.after_step(ctx)
     n = batch.n_new  # prequential accuracy: new samples, scored before this update
-    correct = (logits[:n].argmax(1) == batch.y[:n]).sum()
+    correct = (logits[..., :n, :].argmax(-1) == batch.y[..., :n]).sum(-1)
     stats = {f"strategy/{s.name}/{k}": v for s in strategies for k, v in s.metrics().items()}
     return loss.detach(), correct, norm, stats
 
@@ -166,23 +161,26 @@ def run_stream(
         x, y, task = exp.x, exp.y, torch.full_like(exp.y, exp.index)
         for s in strategies:
             x, y, task = s.train_data(ctx, x, y, task)
-        n_batches = math.ceil(len(y) / bs)
+        n_batches = math.ceil(y.shape[-1] / bs)
         if progress is not None:
-            later = sum(math.ceil(len(e.y) / bs) for e in ctx.stream.experiences[exp.index + 1 :])
+            later = sum(
+                math.ceil(e.y.shape[-1] / bs) for e in ctx.stream.experiences[exp.index + 1 :]
+            )
             left = (epochs - cur.epoch) * n_batches - cur.batch + epochs * later
             progress.total = ctx.iteration + left
         while cur.epoch < epochs:
             if cur.order is None:
-                cur.order = torch.randperm(len(y), generator=ctx.generator).to(y.device)
-            batches = cur.order.split(bs)
+                cur.order = ctx.shuffle(y.shape[-1]).to(y.device)
+            batches = cur.order.split(bs, dim=-1)
             ctx.epoch = cur.epoch
             while cur.batch < n_batches:
                 idx = batches[cur.batch]
-                batch = Batch(x[idx], y[idx], task[idx], len(idx))
+                take = ctx.take
+                batch = Batch(take(x, idx), take(y, idx), take(task, idx), idx.shape[-1])
                 for s in strategies:
                     batch = s.batch(ctx, batch)
                 want_norm = monitor.probe_due(ctx.iteration + 1)
-                monitor.step(*train_step(ctx, strategies, batch, want_norm), n=len(idx))
+                monitor.step(*train_step(ctx, strategies, batch, want_norm), n=idx.shape[-1])
                 ctx.iteration += 1
                 cur.batch += 1
                 last = cur.epoch == epochs - 1 and cur.batch == n_batches

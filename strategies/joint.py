@@ -16,6 +16,7 @@ class Joint(Strategy):
     """
 
     name = "joint"
+    member_wise = True
 
     def train_data(self, ctx: Context, x: torch.Tensor, y: torch.Tensor, task: torch.Tensor):
         seen = ctx.stream.experiences[: ctx.experience + 1]

@@ -18,6 +18,7 @@ class L2(ParameterPenalty):
     """
 
     name = "l2"
+    member_wise = True
 
     def __init__(self, lam: float = 1e-4):
         super().__init__(lam)

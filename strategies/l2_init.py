@@ -21,6 +21,7 @@ class L2Init(ParameterPenalty):
     """
 
     name = "l2_init"
+    member_wise = True
     anchored = True
 
     def __init__(self, lam: float = 1e-3):

@@ -7,3 +7,4 @@ class Naive(Strategy):
     """The lower bound of every continual-learning comparison: plain SGD on the current task."""
 
     name = "naive"
+    member_wise = True

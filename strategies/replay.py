@@ -66,6 +66,7 @@ class Replay(Strategy):
     """
 
     name = "replay"
+    member_wise = True
 
     def __init__(
         self,

@@ -29,6 +29,7 @@ class ShrinkPerturb(Strategy):
     """
 
     name = "shrink_perturb"
+    member_wise = True
 
     def __init__(self, weight_decay: float = 1e-4, noise_std: float = 1e-5):
         if weight_decay < 0:

@@ -36,7 +36,7 @@ class Options:
     dir: str = "sweeps"
     workers: int | None = None  # parallel trials; default: cores // threads
     threads: int | None = None  # torch threads per trial; default 1 (cores // workers)
-    executor: str = "local"  # local | ray | slurm
+    executor: str = "local"  # local | ray | slurm | vectorized
     address: str | None = None  # Ray cluster address or auto; none: a local Ray
     retries: int = 0
     metric: str = "acc"
@@ -69,8 +69,10 @@ def parse_options(items: list[str], allowed=(*SWEEP_KEYS, "slurm")) -> dict[str,
 
 
 def check_options(o: Options) -> None:
-    if o.executor not in ("local", "ray", "slurm"):
-        raise UserError(f"sweep.executor={o.executor!r}; valid choices: local, ray, slurm")
+    if o.executor not in ("local", "ray", "slurm", "vectorized"):
+        raise UserError(
+            f"sweep.executor={o.executor!r}; valid choices: local, ray, slurm, vectorized"
+        )
     if not isinstance(o.slurm, dict):
         raise UserError("sweep.slurm takes sub-keys, e.g. sweep.slurm.partition=gpu")
     if o.executor == "slurm":
@@ -302,6 +304,10 @@ def execute(data: dict, options: Options, quiet: bool) -> int:
         from cl.sweep.slurm import SlurmPool
 
         pool = SlurmPool(path, options.slurm, threads, options.workers or max(1, len(queue)))
+    elif options.executor == "vectorized":  # seeds of one config as one stacked model
+        from cl.sweep.vectorized import VectorizedPool
+
+        pool = VectorizedPool(options.workers or cores(), threads)
     else:
         from cl.sweep.executors import LocalPool
 

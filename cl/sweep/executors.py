@@ -23,6 +23,10 @@ def run_trial(job: dict[str, Any]) -> dict[str, Any]:
     from cl.errors import RunFailed, UserError
     from cl.interrupt import Interrupted
 
+    if "group" in job:  # sweep.executor=vectorized: one group of seeds (cl/sweep/vectorized.py)
+        from cl.sweep.vectorized import run_group
+
+        return {"status": "group", "results": run_group(job["group"])}
     result: dict[str, Any] = {"status": "failed", "error": None}
     run_s = 0.0
     try:
