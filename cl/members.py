@@ -45,7 +45,7 @@ def unsupported(cfg) -> str | None:
     from cl import plugins
     from cl.strategy import strategy_class
 
-    if plugins.family_of(cfg.strategy):
+    if plugins.family_of(cfg.strategy).name != plugins.NATIVE:
         return "add-on strategies train through their own loop"
     for name in cfg.strategy:
         if not getattr(strategy_class(name), "member_wise", False):
@@ -445,24 +445,27 @@ class GroupMonitor:
             mine = {k: v[m] for k, v in stats.items() if v[m] is not None}
             mon.step(loss[m], correct[m], norm, mine, n)
 
-    def row(self, ctx: MemberContext, epoch: int, boundary: bool) -> MemberRows:
+    def add(self, ctx: MemberContext, epoch: int, boundary: bool, log, extra=None) -> None:
+        """Evaluate every member in one stacked pass and log their rows (`MemberRows`) at once:
+        each member's monitor finishes its row as a one-row chunk (its `flush`)."""
         k = ctx.experience
         ctx.sync()
         n_eval = self.stream_tasks if boundary or self.unseen else k + 1
         rows = MemberRows()
-        for mon, c, (accs, losses, hits) in zip(
-            self.monitors, self.members, self.evaluator(ctx.model, n_eval), strict=True
-        ):
-            ev = Evaluation(
-                c.model, k, ctx.iteration, boundary, accs, losses, hits, mon.evaluator.ends
-            )
-            row: dict = {"iteration": ctx.iteration, "experience": k, "epoch": epoch}
-            for t in mon.trackers.values():
-                row.update(t.window(ev))
-            for t in mon.trackers.values():
-                row.update(t.row(ev))
-            rows.append(row)
-        return rows
+        results = self.evaluator(ctx.model, n_eval)
+        for mon, c, (accs, losses, hits) in zip(self.monitors, self.members, results, strict=True):
+            ends = mon.evaluator.ends
+            ev = Evaluation(c.model, k, ctx.iteration, boundary, (accs, losses), None, hits, ends)
+            parts = {n: (t.window(ev), t.row(ev)) for n, t in mon.trackers.items() if not t.on_host}
+            head = {"iteration": ctx.iteration, "experience": k, "epoch": epoch}
+            mon.pending.append((head, ev, mon.steps, parts, {}))
+            mon.steps = []
+            mon.flush(rows.append)
+        rows.update(extra or {})
+        log(rows)
+
+    def flush(self, log) -> None:
+        """Nothing waits: a group logs its rows as it evaluates (`add`)."""
 
 
 # --- the group -----------------------------------------------------------------------------------
