@@ -143,7 +143,8 @@ class MonitorPlugin(SupervisedPlugin):
         new = new_samples(strategy, self._y0, self._samples)
         out = strategy.mb_output[new].detach()
         correct = (out.argmax(1) == strategy.mb_y[new]).sum()
-        monitor.step(strategy.loss.detach(), correct, self._norm, {}, n=new.stop - new.start)
+        loss = strategy.loss.detach().sum()  # Avalanche's loss has shape [1]; a row wants 0-d
+        monitor.step(loss, correct, self._norm, {}, n=new.stop - new.start)
         self._norm = None
         ctx.iteration += 1
         ctx.model = self.unwrap(strategy.model)

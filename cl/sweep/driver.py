@@ -305,7 +305,7 @@ def execute(data: dict, options: Options, quiet: bool) -> int:
 
         pool = SlurmPool(path, options.slurm, threads, options.workers or max(1, len(queue)))
     elif options.executor == "vectorized":  # seeds of one config as one stacked model
-        from cl.sweep.vectorized import VectorizedPool
+        from cl.sweep.executors import VectorizedPool
 
         pool = VectorizedPool(options.workers or cores(), threads)
     else:

@@ -1,6 +1,7 @@
-"""Where trials run: a pool of warm local worker processes, or tasks on a Ray cluster.
+"""Where trials run: a pool of warm local worker processes, tasks on a Ray cluster, or
+groups of seeds as one stacked model in warm workers (`VectorizedPool`).
 
-Both run each trial through `run_trial`, the same code as `cl run` (or `cl run --resume`),
+All run each trial through `run_trial`, the same code as `cl run` (or `cl run --resume`),
 and share one interface: `capacity`, `submit(job)`, `wait(timeout) -> [(job, result)]`,
 `interrupt(signum)` (stop the running trials at their next safe point), `close()`.
 """
@@ -203,3 +204,54 @@ class RayPool:
 
     def close(self) -> None:
         self.ray.shutdown()
+
+
+class VectorizedPool:
+    """Takes every queued trial, groups those that differ only in their seed, and runs each
+    group in a warm worker (`workers` groups at a time, `threads` torch threads each; with
+    fewer groups than workers the largest groups are halved, so every worker has one)."""
+
+    def __init__(self, workers: int, threads: int):
+        self.pool = LocalPool(workers, threads)
+        self.capacity = 10**9  # the driver hands over every trial; groups are formed here
+        self.pending: list[dict] = []
+        self.groups: list[list[dict]] = []
+        self.running: dict[int, list[dict]] = {}
+
+    def submit(self, job: dict[str, Any]) -> None:
+        self.pending.append(job)
+
+    def _form(self) -> None:
+        from cl.sweep.vectorized import group_key
+
+        by_key: dict[tuple, list[dict]] = {}
+        for job in self.pending:
+            if job["mode"] == "resume":  # no group checkpoints yet: a stopped member restarts
+                job = {**job, "mode": "start"}
+            by_key.setdefault(group_key(job), []).append(job)
+        groups = list(by_key.values())
+        while groups and len(groups) < self.pool.capacity:  # fewer groups than workers: split
+            big = max(groups, key=len)
+            if len(big) < 2:
+                break
+            groups.remove(big)
+            groups += [big[: len(big) // 2], big[len(big) // 2 :]]
+        self.groups.extend(groups)
+        self.pending = []
+
+    def wait(self, timeout: float) -> list[tuple[dict, dict]]:
+        self._form()
+        while self.groups and len(self.pool.busy) < self.pool.capacity:
+            group = self.groups.pop(0)
+            self.pool.submit({"group": group, "threads": group[0]["threads"]})
+        out = []
+        for gjob, result in self.pool.wait(timeout):
+            results = result.get("results") or [result] * len(gjob["group"])
+            out += list(zip(gjob["group"], results, strict=True))
+        return out
+
+    def interrupt(self, signum: int) -> None:
+        self.pool.interrupt(signum)
+
+    def close(self) -> None:
+        self.pool.close()

@@ -3,7 +3,7 @@ stacked model in one process (cl/members.py); each member writes an ordinary run
 
 A group whose config cannot be stacked (`cl.members.unsupported`) runs member by member in
 the same process, through the single run's code. Groups run one after another in one warm
-worker process (`LocalPool`); `wait` returns every member's result when its group ends.
+worker process (`cl.sweep.executors.VectorizedPool`, which forms the groups).
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ import traceback
 from typing import Any
 
 from cl.errors import RunFailed
-from cl.sweep.executors import LocalPool
 
 
 def group_key(job: dict) -> tuple:
@@ -98,52 +97,3 @@ def run_group(jobs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     except Exception as e:  # noqa: BLE001 - a group's bug must not stop the sweep
         error = f"{type(e).__name__}: {e}\n{traceback.format_exc(limit=8)}"
         return [{"status": "failed", "error": error} for _ in jobs]
-
-
-class VectorizedPool:
-    """Takes every queued trial, groups those that differ only in their seed, and runs each
-    group in a warm worker (`workers` groups at a time, `threads` torch threads each; with
-    fewer groups than workers the largest groups are halved, so every worker has one)."""
-
-    def __init__(self, workers: int, threads: int):
-        self.pool = LocalPool(workers, threads)
-        self.capacity = 10**9  # the driver hands over every trial; groups are formed here
-        self.pending: list[dict] = []
-        self.groups: list[list[dict]] = []
-        self.running: dict[int, list[dict]] = {}
-
-    def submit(self, job: dict[str, Any]) -> None:
-        self.pending.append(job)
-
-    def _form(self) -> None:
-        by_key: dict[tuple, list[dict]] = {}
-        for job in self.pending:
-            if job["mode"] == "resume":  # no group checkpoints yet: a stopped member restarts
-                job = {**job, "mode": "start"}
-            by_key.setdefault(group_key(job), []).append(job)
-        groups = list(by_key.values())
-        while groups and len(groups) < self.pool.capacity:  # fewer groups than workers: split
-            big = max(groups, key=len)
-            if len(big) < 2:
-                break
-            groups.remove(big)
-            groups += [big[: len(big) // 2], big[len(big) // 2 :]]
-        self.groups.extend(groups)
-        self.pending = []
-
-    def wait(self, timeout: float) -> list[tuple[dict, dict]]:
-        self._form()
-        while self.groups and len(self.pool.busy) < self.pool.capacity:
-            group = self.groups.pop(0)
-            self.pool.submit({"group": group, "threads": group[0]["threads"]})
-        out = []
-        for gjob, result in self.pool.wait(timeout):
-            results = result.get("results") or [result] * len(gjob["group"])
-            out += list(zip(gjob["group"], results, strict=True))
-        return out
-
-    def interrupt(self, signum: int) -> None:
-        self.pool.interrupt(signum)
-
-    def close(self) -> None:
-        self.pool.close()
