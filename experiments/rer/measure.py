@@ -4,29 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from cl.reproduce_figures import final_bars
+
 ARMS = (("er", "ER"), ("rer", "R-ER"))
 
 
-def bars(runs: dict, path: Path, arms=ARMS) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
-
-    fig, axes = plt.subplots(1, 2, figsize=(8, 3.4))
-    for ax, key, label in zip(axes, ("acc", "bwt"), ("final ACC", "BWT"), strict=True):
-        for j, (arm, _) in enumerate(arms):
-            values = [r.summary.get(key, np.nan) for r in runs.get(arm, [])]
-            ax.bar(j, np.mean(values), width=0.6, color=f"C{j}")
-            ax.plot([j] * len(values), values, "k.", ms=4)
-        ax.set(xticks=range(len(arms)), xticklabels=[n for _, n in arms], ylabel=label)
-        ax.axhline(0, color="grey", lw=0.6)
-    fig.suptitle("class-incremental Split-MNIST (mnist5k), memory 200")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-
-
 def figure(runs: dict, path: Path) -> None:
-    bars(runs, path)
+    final_bars(runs, path, ARMS, "class-incremental Split-MNIST (mnist5k), memory 200")
