@@ -140,18 +140,24 @@ def wp_official_per_task(A: np.ndarray, exp: np.ndarray, w: int) -> dict[int, fl
     the forgetting loop, whose start points are only the running maxima of the window, so a
     rise that starts from a dip is missed ([0.5, 0.2, 0.9]: 0.4, where `wp_{w}` gives 0.7)."""
     S = seen_only(A, exp)
-    out = {}
-    for i in range(int(exp[-1]) + 1):
-        v = S[:, i][~np.isnan(S[:, i])].tolist()
-        best = 0.0
-        for b in range(1, len(v)):
-            win, top = v[max(0, b - w + 1) : b + 1], -math.inf
-            for a, first in enumerate(win):
-                if first >= top:  # the code's `if val < max_found_acc: continue`
-                    top = first
-                    best = max(best, *(x - first for x in win[a + 1 :]), 0.0)
-        out[i] = best
-    return out
+    return {i: _wp_official(S[:, i][~np.isnan(S[:, i])], w) for i in range(int(exp[-1]) + 1)}
+
+
+def _wp_official(v: np.ndarray, w: int) -> float:
+    """The code's loop over every window v[b-w+1 .. b] in one pass: a rise v[c] - v[a]
+    (a < c <= a+w-1) counts when some window holds both with v[a] a running maximum of it.
+    For a <= L-w the window starting at a does; a later a lies in the last window, which
+    starts at L-w and holds every c > a, so it counts iff v[a] >= max(v[L-w .. a-1])."""
+    n = len(v)
+    if n < 2 or w < 2:
+        return 0.0
+    last = max(n - w, 0)  # where the last window starts
+    ahead = np.concatenate([v[1:], np.full(w - 1, -np.inf)])
+    later = np.lib.stride_tricks.sliding_window_view(ahead, w - 1).max(1)[:n]  # v[a+1 .. a+w-1]
+    before = np.maximum.accumulate(np.concatenate([[-np.inf], v[last:-1]]))
+    starts = np.concatenate([np.ones(last, bool), v[last:] >= before])
+    rises = (later - v)[starts[:n] & np.isfinite(later)]
+    return max(0.0, float(rises.max())) if len(rises) else 0.0
 
 
 def windowed(A: np.ndarray, exp: np.ndarray, w: int, kind: str, tasks: str = "all") -> float:

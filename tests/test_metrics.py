@@ -157,9 +157,10 @@ def test_wp_official_misses_a_rise_from_a_dip_as_the_official_code_does():
         pytest.approx(0.4)
     )
     rng = np.random.default_rng(0)
-    for _ in range(50):
-        rec = rng.random(int(rng.integers(2, 30)))
-        for w in (2, 3, 10):
+    for k in range(120):  # continuous values, then ties (accuracies of a small subset)
+        n = int(rng.integers(2, 30 if k < 60 else 250))
+        rec = rng.random(n) if k % 2 else rng.integers(0, 5, n) / 4
+        for w in (1, 2, 3, 10, 100, n - 1, n, n + 1):
             ours = metrics.windowed(rec[:, None], np.zeros(len(rec), int), w, "plasticity_official")
             assert ours == pytest.approx(official_wp(list(rec), w), abs=1e-12)
 
