@@ -6,8 +6,6 @@ keys."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from operator import attrgetter
-from types import SimpleNamespace
 from typing import Any
 
 from cl.schema import MetricsConfig, PlasticityConfig
@@ -39,10 +37,15 @@ __all__ = ["FAMILIES", "Env", "Evaluation", "Step", "Tracker", "build"]
 def build(metrics: MetricsConfig, plasticity: PlasticityConfig, env: Env) -> dict[str, Tracker]:
     """The run's trackers (those the config's `metrics` and `plasticity` sections turn on),
     by name, in `FAMILIES` order; each factory gets its own section."""
-    sections = SimpleNamespace(metrics=metrics, plasticity=plasticity)
+    sections = {
+        "": None,
+        "metrics": metrics,
+        "metrics.example_forgetting": metrics.example_forgetting,
+        "plasticity": plasticity,
+    }
     out = {}
     for name, (section, make) in FAMILIES.items():
-        tracker = make(attrgetter(section)(sections) if section else None, env)
+        tracker = make(sections[section], env)
         if tracker is not None:
             out[name] = tracker
     return out
