@@ -176,7 +176,7 @@ def run_cl(
     device = torch.device(cfg.run.device)
     generator = seed_everything(cfg.seed)
     model = build_model(cfg.model, stream.input_shape, stream.n_classes).to(device)
-    ctx = make_context(cfg, stream, model, device, generator)
+    ctx = make_context(cfg.optim, cfg.train, stream, model, device, generator)
     strategies = strategy_mod.build(cfg.strategy)
     folder.mkdir(parents=True, exist_ok=True)
     store = LocalStore(folder)
@@ -184,7 +184,8 @@ def run_cl(
         if profile is not None:
             profile.enable()
         start = time.perf_counter()
-        state = RunState(cfg, ctx, strategies, Monitor(cfg, ctx))
+        monitor = Monitor(ctx, cfg.eval, cfg.metrics, cfg.plasticity, cfg.seed, cfg.run.row_chunk)
+        state = RunState(cfg.train, ctx, strategies, monitor)
         for s in strategies:
             s.setup(ctx)
         record = run_stream(state, store.log)

@@ -17,7 +17,8 @@ from pathlib import Path
 from cl import checkpoint, config, outputs, plugins
 from cl.errors import RunFailed, UserError
 from cl.interrupt import Interrupted, catch_stops
-from cl.schema import RunConfig
+from cl.naming import default_name, title
+from cl.schema import RunConfig, WandbConfig
 from cl.store import (
     METRICS_FILE,
     SUMMARY_FILE,
@@ -68,9 +69,10 @@ def build_state(cfg: RunConfig, ckpt: dict | None = None):
     if cfg.run.compile:  # in place, block by block: `forward` calls them (features, head)
         for block in model.children():
             block.compile()
-    ctx = make_context(cfg, stream, model, device, generator)
+    ctx = make_context(cfg.optim, cfg.train, stream, model, device, generator)
     hooks = plugins.family_of(cfg.strategy).build(cfg.strategy)  # []: the family's own loop
-    state = RunState(cfg, ctx, hooks, Monitor(cfg, ctx))
+    monitor = Monitor(ctx, cfg.eval, cfg.metrics, cfg.plasticity, cfg.seed, cfg.run.row_chunk)
+    state = RunState(cfg.train, ctx, hooks, monitor, spec=cfg.strategy)
     try:
         if ckpt is not None:
             checkpoint.load_strategies(state, ckpt)
@@ -93,36 +95,6 @@ def start(cfg: RunConfig, plain_config: dict, quiet: bool = False) -> Run:
     adapt = not cfg.run.deterministic  # a deterministic run's numbers must not follow the load
     with determinism(cfg.run.deterministic), threads(cfg.run.threads, adapt) as chosen:
         return _start(cfg, plain_config, quiet, chosen)
-
-
-def _shipped(group: str, option: str, key: str):
-    """`key` of configs/<group>/<option>.yaml (None if there is no such file or key)."""
-    path = config.config_dir() / group / f"{option}.yaml"
-    return (config._read_yaml(path) if path.is_file() else {}).get(key)
-
-
-def default_name(cfg: RunConfig, plain_config: dict) -> str:
-    """<benchmark>-<model>-<strategies>-s<seed>-<hash>: the benchmark as used (a native one
-    on another source than its own: <scenario>_<source>, e.g. split_digits), a strategy whose
-    memory is not its default kind gets it appended (replay_reservoir), and the hash covers
-    every other setting but run.* and wandb.*, so runs that differ get different names."""
-    import hashlib
-
-    b = cfg.benchmark
-    bench = b.name
-    if plugins.scenario(b.scenario).source and b.source != _shipped("benchmark", b.name, "source"):
-        bench = f"{b.scenario}_{b.source}"
-    label = plugins.label(cfg.strategy)
-    if plugins.family_of(cfg.strategy).name == plugins.NATIVE:
-        names = []
-        for n, opts in cfg.strategy.items():
-            buffer = opts.get("buffer") if isinstance(opts, dict) else getattr(opts, "buffer", None)
-            own = _shipped("strategy", n, "buffer")
-            names.append(f"{n}_{buffer}" if buffer and own and buffer != own else n)
-        label = "+".join(names)
-    rest = {k: v for k, v in plain_config.items() if k not in ("run", "wandb", "seed")}
-    digest = hashlib.sha1(json.dumps(rest, sort_keys=True, default=str).encode()).hexdigest()
-    return f"{bench}-{cfg.model.name}-{label}-s{cfg.seed}-{digest[:6]}"
 
 
 def _start(cfg: RunConfig, plain_config: dict, quiet: bool, chosen: dict) -> Run:
@@ -271,7 +243,7 @@ def _note_resume(folder: Path, iteration: int, device: str) -> None:
 
 
 def open_sinks(
-    cfg: RunConfig,
+    options: WandbConfig,
     plain_config: dict,
     folder: Path,
     run_id: str,
@@ -279,17 +251,18 @@ def open_sinks(
     resumed: bool = False,
 ):
     """(local store, W&B sink or None, log) for the run folder; `log(row)` feeds both.
-    `rows`: rows the folder already holds; `resumed`: an earlier process of the run may have
-    sent rows to W&B (also when it is run again from the beginning, with `rows` 0)."""
+    `options`: the config's `wandb` section; `plain_config`: the config W&B records. `rows`:
+    rows the folder already holds; `resumed`: an earlier process of the run may have sent
+    rows to W&B (also when it is run again from the beginning, with `rows` 0)."""
     store = LocalStore(folder, rows)
     sinks: list = [store]
     wandb = None
-    if cfg.wandb.mode != "disabled":
+    if options.mode != "disabled":
         from cl.wandb_sink import WandbSink, rows_held
 
         held = rows_held(folder / "wandb", run_id) if resumed else 0  # before this process's W&B
         try:
-            wandb = WandbSink(cfg.wandb, folder, folder.name, plain_config, run_id)
+            wandb = WandbSink(options, folder, folder.name, plain_config, run_id)
         except Exception as e:  # noqa: BLE001
             store.close()
             raise UserError(
@@ -323,7 +296,7 @@ def _drive(
     run_stream = plugins.family_of(cfg.strategy).driver()  # cl.runner's, or an add-on's loop
 
     began = time.perf_counter()
-    store, wandb, log = open_sinks(cfg, plain_config, folder, run_id, rows, resumed)
+    store, wandb, log = open_sinks(cfg.wandb, plain_config, folder, run_id, rows, resumed)
     sinks = [store] if wandb is None else [store, wandb]
     digest = checkpoint.config_digest(folder)
 
@@ -331,7 +304,7 @@ def _drive(
         state.monitor.flush(log)
         return checkpoint.state_dict(state, store.rows, run_id, digest)
 
-    saver = checkpoint.Checkpointer(state, folder, snapshot)
+    saver = checkpoint.Checkpointer(state, folder, snapshot, cfg.run)
     if rows:  # resumed: the folder's checkpoint is where this state came from
         saver.saved_at = state.ctx.iteration
     progress = Progress(cfg.run.progress and not quiet)
@@ -370,7 +343,7 @@ def _drive(
                     summary["resume"] = f"cl run --resume {folder}"
             try:
                 outputs.write_tables(folder, state)
-                outputs.write(folder, summary, wandb, cfg, finished=status == "finished")
+                outputs.write(folder, summary, wandb, title(cfg), cfg.run, status == "finished")
             except OSError as e:  # the outputs cannot be written: the run failed after all
                 e.filename = e.filename or str(folder)
                 fault, status = fault or e, "failed"

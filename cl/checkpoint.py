@@ -30,6 +30,7 @@ import torch
 
 from cl.errors import UserError
 from cl.runner import Cursor, RunState
+from cl.schema import RunSection
 from cl.version import __version__
 
 FORMAT = 2  # bump when the layout changes; older files are refused with a clear message
@@ -184,15 +185,22 @@ def to_device(ckpt: dict[str, Any], device: torch.device | str) -> dict[str, Any
 
 class Checkpointer:
     """Decides when to checkpoint: at experience ends, every `run.checkpoint_every`
-    iterations, every `run.checkpoint_minutes`, and when a stop was requested."""
+    iterations, every `run.checkpoint_minutes`, and when a stop was requested (never with
+    `run.checkpoint` off); `run` is the config's `run` section."""
 
-    def __init__(self, state: RunState, folder: Path, make: Callable[[], dict[str, Any]]):
-        self.state, self.folder, self.make = state, folder, make
+    def __init__(
+        self,
+        state: RunState,
+        folder: Path,
+        make: Callable[[], dict[str, Any]],
+        run: RunSection,
+    ):
+        self.state, self.folder, self.make, self.run = state, folder, make, run
         self.last = time.monotonic()
         self.saved_at: int | None = None  # iteration of the last checkpoint written
 
     def __call__(self, boundary: bool, stop: bool = False) -> None:
-        r, it = self.state.cfg.run, self.state.ctx.iteration
+        r, it = self.run, self.state.ctx.iteration
         period = 60 * r.checkpoint_minutes
         late = period > 0 and time.monotonic() - self.last >= period
         due = boundary or stop or it % r.checkpoint_every == 0 or late

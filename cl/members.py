@@ -34,6 +34,7 @@ from cl.context import Batch, Context
 from cl.errors import UserError
 from cl.evaluation import Evaluator
 from cl.runner import Cursor, RunState, make_optimizer
+from cl.schema import OptimConfig
 from cl.strategy import Strategy
 from cl.trackers.base import Evaluation
 
@@ -471,9 +472,9 @@ class GroupMonitor:
 # --- the group -----------------------------------------------------------------------------------
 
 
-def stack(states: list[RunState]) -> RunState:
-    """One run state that trains `states` (built by `api.build_state`) as one stacked model."""
-    cfg = states[0].cfg
+def stack(states: list[RunState], optim: OptimConfig) -> RunState:
+    """One run state that trains `states` (built by `api.build_state`) as one stacked model,
+    with the optimizer of their config's `optim` section over the stacked parameters."""
     members = [s.ctx for s in states]
     model = StackedModel([c.model for c in members])
     stream = StackedStream([c.stream for c in members])
@@ -483,11 +484,11 @@ def stack(states: list[RunState]) -> RunState:
         optimizer=None,  # type: ignore[arg-type]
         stream=stream,  # type: ignore[arg-type]
         device=members[0].device,
-        epochs=cfg.train.epochs,
+        epochs=states[0].train.epochs,
         class_mask=masks,
     )
     group.members = members
-    group.optimizer = StackedOptimizer(make_optimizer(cfg, model), model, members)  # type: ignore
+    group.optimizer = StackedOptimizer(make_optimizer(optim, model), model, members)  # type: ignore
     for c in members:
         c.optimizer = MemberOptimizer(group.optimizer, c.model)  # type: ignore[assignment]
     strategies = []
@@ -497,7 +498,8 @@ def stack(states: list[RunState]) -> RunState:
             s.setup(c)  # again, now that the member's parameters are views of the stack
         strategies.append(MemberWise(instances, members, group))
     monitor = GroupMonitor([s.monitor for s in states], members, masks)
-    return RunState(cfg, group, strategies, monitor, Cursor())  # type: ignore[arg-type]
+    train, spec = states[0].train, states[0].spec
+    return RunState(train, group, strategies, monitor, Cursor(), spec)  # type: ignore[arg-type]
 
 
 def unstack(group: RunState, states: list[RunState]) -> None:

@@ -19,7 +19,7 @@ import torch
 from cl import trackers
 from cl.context import Context
 from cl.evaluation import Evaluator
-from cl.schema import RunConfig
+from cl.schema import EvalConfig, MetricsConfig, PlasticityConfig
 from cl.trackers.accuracy import Record
 from cl.trackers.base import Env, Evaluation, Step
 
@@ -75,12 +75,24 @@ def _set(holder, key, value) -> None:
 
 
 class Monitor:
-    def __init__(self, cfg: RunConfig, ctx: Context):
-        self.every, self.unseen, self.stream = cfg.eval.every, cfg.eval.unseen, ctx.stream
-        self.evaluator = Evaluator(ctx.stream, ctx.device, cfg.eval.batch_size)
-        env = Env(ctx.stream, ctx.model, ctx.device, cfg.seed, self.evaluator, cfg.eval.batch_size)
-        self.trackers = trackers.build(cfg, env)
-        self.chunk = row_chunk(cfg.run.row_chunk, ctx.device)
+    """The rows of the run of `ctx`: evaluated as the config's `eval` section says, by the
+    trackers that `metrics` and `plasticity` turn on (`seed`: their random choices), copied
+    to the host `chunk` rows at a time (`run.row_chunk`)."""
+
+    def __init__(
+        self,
+        ctx: Context,
+        eval: EvalConfig,
+        metrics: MetricsConfig,
+        plasticity: PlasticityConfig,
+        seed: int,
+        chunk: int = 0,
+    ):
+        self.every, self.unseen, self.stream = eval.every, eval.unseen, ctx.stream
+        self.evaluator = Evaluator(ctx.stream, ctx.device, eval.batch_size)
+        env = Env(ctx.stream, ctx.model, ctx.device, seed, self.evaluator, eval.batch_size)
+        self.trackers = trackers.build(metrics, plasticity, env)
+        self.chunk = row_chunk(chunk, ctx.device)
         self.copy = HostCopy()
         self.pending: list[tuple] = []  # rows waiting for the host copy
         self.steps: list[Step] = []  # steps since the last row, for the `on_host` trackers

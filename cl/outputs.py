@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from cl import plugins
-from cl.schema import RunConfig
+from cl.schema import RunSection
 from cl.store import SUMMARY_FILE, load_run, write_json
 
 
@@ -47,10 +47,13 @@ def write_tables(folder: Path, state) -> None:
         write_table(folder / FILE, tables)
 
 
-def write(folder: Path, values: dict, wandb, cfg: RunConfig, finished: bool) -> None:
+def write(
+    folder: Path, values: dict, wandb, title: str, options: RunSection, finished: bool
+) -> None:
     """Write the summary (file and W&B), the accuracy matrix and, for a run with rows, the
-    plots and report.html (logged to W&B only when the run finished: an interrupted one goes
-    on later)."""
+    plots (`title`: the run's, `cl.naming.title`) and the finishers' outputs, report.html
+    (each finisher gets `options`, the config's `run` section); logged to W&B only when the
+    run finished: an interrupted one goes on later."""
     if values.get("accuracy_matrix"):
         R = np.array(values["accuracy_matrix"], dtype=float)
         np.savetxt(folder / "accuracy_matrix.csv", R, delimiter=",", fmt="%.6f")
@@ -63,7 +66,6 @@ def write(folder: Path, values: dict, wandb, cfg: RunConfig, finished: bool) -> 
     from cl import plots
 
     (folder / "plots").mkdir(exist_ok=True)
-    title = f"{cfg.benchmark.name} / {plugins.label(cfg.strategy)}"
     paths = [plots.accuracy_curves(run.metrics, folder / "plots" / "accuracy_curves.png", title)]
     if values.get("accuracy_matrix"):
         R = np.array(values["accuracy_matrix"], dtype=float)
@@ -71,7 +73,7 @@ def write(folder: Path, values: dict, wandb, cfg: RunConfig, finished: bool) -> 
     page = None  # an HTML page a finisher wrote (the report: cl.report.registration)
     for name, finish in plugins.finishers().items():
         try:
-            page = finish(folder, cfg) or page
+            page = finish(folder, options) or page
         except OSError:  # a full disk: the run's outputs are incomplete, the caller says so
             raise
         except Exception as e:  # noqa: BLE001 - the run's own outputs are written already

@@ -60,7 +60,7 @@ class Family:
 
 
 # A finisher writes an output of a run folder when the run ends; it returns an HTML page to
-# log to W&B (or None). (folder, RunConfig) -> Path | None
+# log to W&B (or None). (folder, the config's `run` section) -> Path | None
 Finisher = Callable[[Path, Any], Path | None]
 
 SCENARIOS: dict[str, Scenario] = {}

@@ -24,13 +24,13 @@ from cl.context import Batch, Context
 from cl.errors import RunFailed
 from cl.models import forward
 from cl.monitor import Monitor, Record
-from cl.schema import RunConfig
+from cl.schema import OptimConfig, TrainConfig
 from cl.strategy import Strategy, inference_hook
 from cl.streams import Stream
 
 
-def make_optimizer(cfg: RunConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
-    o = cfg.optim
+def make_optimizer(o: OptimConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
+    """The optimizer of the config's `optim` section over `model`'s parameters."""
     if o.name == "adam":
         return torch.optim.Adam(model.parameters(), lr=o.lr, weight_decay=o.weight_decay)
     if o.name == "rmsprop":  # TAG's base: torch's RMSprop, alpha = beta2 = 0.99, eps 1e-8
@@ -49,25 +49,27 @@ def make_optimizer(cfg: RunConfig, model: torch.nn.Module) -> torch.optim.Optimi
 
 
 def make_context(
-    cfg: RunConfig,
+    optim: OptimConfig,
+    train: TrainConfig,
     stream: Stream,
     model: torch.nn.Module,
     device: torch.device,
     generator: torch.Generator | None,
 ) -> Context:
-    """The run context for `model` on `stream`: optimizer from `cfg`, task masks if task-aware.
+    """The run context for `model` on `stream`: the `optim` section's optimizer, the `train`
+    section's epochs and precision, task masks if task-aware.
 
     A task-aware optimizer (TAG) gets the context through its `watch` method and reads the
     experience index from it at every step."""
     ctx = Context(
         model=model,
-        optimizer=make_optimizer(cfg, model),
+        optimizer=make_optimizer(optim, model),
         stream=stream,
         device=device,
         generator=generator,
-        epochs=cfg.train.epochs,
+        epochs=train.epochs,
         class_mask=stream.class_mask(device) if stream.task_incremental else None,
-        amp=cfg.train.amp == "bf16",
+        amp=train.amp == "bf16",
     )
     if hasattr(ctx.optimizer, "watch"):
         ctx.optimizer.watch(ctx)
@@ -123,13 +125,17 @@ class Cursor:
 
 @dataclass
 class RunState:
-    """Everything a run needs to go on: what a checkpoint saves and a resume restores."""
+    """Everything a run needs to go on: what a checkpoint saves and a resume restores, and
+    the loop's own settings (`train`: batch size, epochs). `spec` is the config's `strategy`
+    as given, for a family that trains through its own loop (the Avalanche bridge builds its
+    strategy from it); cl's own loop calls the hooks in `strategies`."""
 
-    cfg: RunConfig
+    train: TrainConfig
     ctx: Context
     strategies: list[Strategy]
     monitor: Monitor
     cursor: Cursor = field(default_factory=Cursor)
+    spec: dict = field(default_factory=dict)
 
 
 def run_stream(
@@ -145,8 +151,8 @@ def run_stream(
     `state.monitor.flush(log)`: rows still queued are not in `state`'s checkpoint).
     Raises RunFailed on a non-finite loss; `state.monitor.record` then holds the rows so far.
     """
-    cfg, ctx, strategies, monitor = state.cfg, state.ctx, state.strategies, state.monitor
-    bs, epochs, cur = cfg.train.batch_size, cfg.train.epochs, state.cursor
+    ctx, strategies, monitor = state.ctx, state.strategies, state.monitor
+    bs, epochs, cur = state.train.batch_size, state.train.epochs, state.cursor
     monitor.evaluator.hook = inference_hook(strategies, ctx)  # the strategies' `eval_logits`
     if not monitor.record.iteration:
         monitor.add(ctx, 0, True, log)  # before any training: b for FWT

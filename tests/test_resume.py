@@ -215,8 +215,8 @@ def test_checkpointer_saves_at_boundaries_every_n_iterations_minutes_and_on_stop
 
     def saves(every=5, minutes=0.0, on=True):
         run = SimpleNamespace(checkpoint=on, checkpoint_every=every, checkpoint_minutes=minutes)
-        state = SimpleNamespace(cfg=SimpleNamespace(run=run), ctx=SimpleNamespace(iteration=0))
-        saver = checkpoint.Checkpointer(state, Path("."), lambda: {"at": state.ctx.iteration})
+        state = SimpleNamespace(ctx=SimpleNamespace(iteration=0))
+        saver = checkpoint.Checkpointer(state, Path("."), lambda: {"at": state.ctx.iteration}, run)
         done.clear()
         for iteration, boundary, stop in ((1, False, 0), (5, False, 0), (6, True, 0), (7, 0, 1)):
             state.ctx.iteration = iteration

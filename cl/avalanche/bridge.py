@@ -63,12 +63,12 @@ def task_masked(model: nn.Module, mask: torch.Tensor) -> nn.Module:
 
 
 def build(state: RunState, plugins: list):
-    """The Avalanche strategy of `state.cfg` on cl's model and optimizer, `plugins` first."""
-    cfg, ctx = state.cfg, state.ctx
-    spec = cfg.strategy[names.KEY]
+    """The Avalanche strategy of `state.spec` on cl's model and optimizer, `plugins` first."""
+    ctx, train = state.ctx, state.train
+    spec = state.spec[names.KEY]
     resolved = [(n, *names.resolve(n)) for n in spec]
     user_plugins = [
-        cls(**spec[n], **names.owned_values(cls, model=ctx.model, batch_size=cfg.train.batch_size))
+        cls(**spec[n], **names.owned_values(cls, model=ctx.model, batch_size=train.batch_size))
         for n, cls, is_plugin in resolved
         if is_plugin
     ]
@@ -85,9 +85,9 @@ def build(state: RunState, plugins: list):
         model=model,
         optimizer=ctx.optimizer,
         criterion=nn.CrossEntropyLoss(),
-        train_mb_size=cfg.train.batch_size,
-        train_epochs=cfg.train.epochs,
-        eval_mb_size=cfg.eval.batch_size,
+        train_mb_size=train.batch_size,
+        train_epochs=train.epochs,
+        eval_mb_size=state.monitor.evaluator.batch_size,  # the config's eval.batch_size
         device=ctx.device,
         plugins=[*plugins, *user_plugins],
         evaluator=quiet_evaluator(),
@@ -126,8 +126,8 @@ def run_stream(
 ) -> Record:
     """Train the stream with the Avalanche strategy; log one row per evaluation, as
     `cl.runner.run_stream` (same signature; a fresh start only, never a resume)."""
-    cfg, stream = state.cfg, state.ctx.stream
-    bs, epochs = cfg.train.batch_size, cfg.train.epochs
+    stream = state.ctx.stream
+    bs, epochs = state.train.batch_size, state.train.epochs
     strategy = build(state, [_RunPlugin(state, log, progress, safe_point)])
     if progress is not None:
         progress.total = sum(epochs * math.ceil(len(e.y) / bs) for e in stream.experiences)

@@ -166,14 +166,16 @@ class ContinualEvaluation(MonitorPlugin):
         _describe(cfg, strategy)
         self.stream.to(device)
         self.ctx = Context(strategy.model, strategy.optimizer, self.stream, device)
-        self.monitor = Monitor(cfg, self.ctx)
+        self.monitor = Monitor(
+            self.ctx, cfg.eval, cfg.metrics, cfg.plasticity, cfg.seed, cfg.run.row_chunk
+        )
         plain = OmegaConf.to_container(OmegaConf.structured(cfg))
         default = f"{cfg.benchmark.name}-{'+'.join(cfg.strategy)}-s{cfg.seed}"
         self.folder, _ = create_run_folder(cfg.run.dir, cfg.run.name, default)
         (self.folder / "plots").mkdir(exist_ok=True)
         (self.folder / "config.yaml").write_text(config.to_yaml(OmegaConf.create(plain)))
         write_json(self.folder / "environment.json", environment(cfg.seed, device))
-        store, wandb, self.log = open_sinks(cfg, plain, self.folder, new_run_id())
+        store, wandb, self.log = open_sinks(cfg.wandb, plain, self.folder, new_run_id())
         self._sinks = (store, wandb)
         self._began = time.perf_counter()
 
@@ -182,13 +184,15 @@ class ContinualEvaluation(MonitorPlugin):
         if self._sinks is None:
             return self.folder
         from cl import outputs
+        from cl.naming import title
 
         store, wandb = self._sinks
         self._sinks = None
         wall = time.perf_counter() - self._began
         try:
             summary = outputs.summary(_State(self.monitor, self.ctx), status, None, wall)
-            outputs.write(self.folder, summary, wandb, self.cfg, finished=status == "finished")
+            finished, cfg = status == "finished", self.cfg
+            outputs.write(self.folder, summary, wandb, title(cfg), cfg.run, finished=finished)
         finally:
             store.close()
             if wandb is not None:

@@ -8,8 +8,8 @@ from pathlib import Path
 from cl import plugins
 
 
-def _finish(folder: Path, cfg) -> Path | None:
-    if not cfg.run.report:
+def _finish(folder: Path, options) -> Path | None:
+    if not options.report:  # the config's `run` section
         return None
     from cl.report import build
 

@@ -24,7 +24,7 @@ def group_key(job: dict) -> tuple:
 def run_members(cfgs: list, plains: list[dict]) -> list[str]:
     """Train `cfgs` (one config, several seeds) as one group; every member's run folder.
     Returns each member's status."""
-    from cl import api, config, members, outputs
+    from cl import api, config, members, naming, outputs
     from cl.environment import determinism, environment
     from cl.runner import run_stream
     from cl.store import FolderLock, create_run_folder
@@ -52,9 +52,9 @@ def run_members(cfgs: list, plains: list[dict]) -> list[str]:
                 env["vectorized_group"] = len(cfgs)
                 api.write_json(folder / "environment.json", env)
                 folders.append(folder)
-            group = members.stack(states)
+            group = members.stack(states, cfgs[0].optim)
             for cfg, plain, folder in zip(cfgs, plains, folders, strict=True):
-                sinks.append(api.open_sinks(cfg, plain, folder, new_run_id()))
+                sinks.append(api.open_sinks(cfg.wandb, plain, folder, new_run_id()))
 
             def log(rows) -> None:
                 for (_, _, member_log), row in zip(sinks, rows, strict=True):
@@ -72,7 +72,8 @@ def run_members(cfgs: list, plains: list[dict]) -> list[str]:
             for state, cfg, folder, (_, wandb, _) in zip(states, cfgs, folders, sinks, strict=True):
                 summary = outputs.summary(state, status, error, wall, cfg.run.deterministic)
                 outputs.write_tables(folder, state)
-                outputs.write(folder, summary, wandb, cfg, finished=status == "finished")
+                title = naming.title(cfg)
+                outputs.write(folder, summary, wandb, title, cfg.run, finished=status == "finished")
             return [status] * len(cfgs)
         finally:
             for store, wandb, _ in sinks:

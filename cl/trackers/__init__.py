@@ -6,10 +6,9 @@ keys."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from operator import attrgetter
 from typing import Any
 
-from cl.schema import RunConfig
+from cl.schema import MetricsConfig, PlasticityConfig
 from cl.trackers import (
     accuracy,
     example_forgetting,
@@ -35,11 +34,18 @@ FAMILIES: dict[str, tuple[str, Callable[[Any, Env], Tracker | None]]] = {
 __all__ = ["FAMILIES", "Env", "Evaluation", "Step", "Tracker", "build"]
 
 
-def build(cfg: RunConfig, env: Env) -> dict[str, Tracker]:
-    """The run's trackers (those its config turns on), by name, in `FAMILIES` order."""
+def build(metrics: MetricsConfig, plasticity: PlasticityConfig, env: Env) -> dict[str, Tracker]:
+    """The run's trackers (those the config's `metrics` and `plasticity` sections turn on),
+    by name, in `FAMILIES` order; each factory gets its own section."""
+    sections = {
+        "": None,
+        "metrics": metrics,
+        "metrics.example_forgetting": metrics.example_forgetting,
+        "plasticity": plasticity,
+    }
     out = {}
     for name, (section, make) in FAMILIES.items():
-        tracker = make(attrgetter(section)(cfg) if section else None, env)
+        tracker = make(sections[section], env)
         if tracker is not None:
             out[name] = tracker
     return out
