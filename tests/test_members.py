@@ -2,6 +2,11 @@
 single run's with its seed."""
 
 import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -87,3 +92,68 @@ def test_sweep_vectorized_end_to_end(tmp_path):
     runs = sorted((tmp_path / "v" / "runs").iterdir())
     assert len(runs) == 2
     assert all(cl.load_run(r).summary["status"] == "finished" for r in runs)
+
+
+KILL_HELPER = Path(__file__).parent / "helpers" / "kill_sweep_at.py"
+GROUP = [
+    "seed=0,3",
+    "strategy=replay",
+    "strategy.replay.mem_size=60",
+    "benchmark.source=digits",
+    "benchmark.n_tasks=3",
+    "model.hidden=[32]",
+    "train.epochs=2",  # the kill lands mid-epoch of a multi-epoch experience
+    "eval.subset=100",
+    "plasticity.every=5",
+    "run.checkpoint_every=7",
+    "wandb.mode=disabled",
+    "sweep.executor=vectorized",
+    "sweep.workers=1",  # one group of both seeds, as on resume
+    "sweep.threads=1",
+]
+
+
+def test_a_killed_group_resumes_to_the_uninterrupted_group(tmp_path):
+    """SIGKILL of the whole sweep inside iteration 40 of the group, `cl sweep --resume`: every
+    member's rows equal the uninterrupted group's, byte for byte; a member folder also
+    resumes alone (`cl run --resume`), as a single run."""
+    from cl.cli import main
+
+    at, env = 40, {**os.environ, "CL_TEST_KILL_AT": "40", "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, str(KILL_HELPER), "-q", *GROUP, f"sweep.dir={tmp_path}"]
+    killed = subprocess.run([*cmd, "sweep.name=killed"], env=env, capture_output=True, timeout=600)
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    runs = sorted((tmp_path / "killed" / "runs").iterdir())
+    assert len(runs) == 2
+    its = set()
+    for run in runs:
+        assert not (run / "summary.json").exists()
+        ckpt = torch.load(run / "checkpoint.pt", weights_only=True)
+        its.add(ckpt["context"]["iteration"])
+        assert ckpt["rows"] == 1 + ckpt["context"]["iteration"]  # eval.every=1, no task end yet
+        assert len(rows(run / "metrics.jsonl")) == at  # rows of iterations 0 .. at - 1
+    assert len(its) == 1 and 0 < min(its) < at  # one safe point for every member
+    (saved,) = its
+    alone = tmp_path / "alone"
+    shutil.copytree(runs[1], alone)
+
+    assert main(["sweep", "-q", "--resume", str(tmp_path / "killed")]) == 0
+    assert main(["sweep", "-q", *GROUP, f"sweep.dir={tmp_path}", "sweep.name=reference"]) == 0
+    journal = (tmp_path / "killed" / "trials.jsonl").read_text()
+    assert journal.count('"mode": "resume"') >= 2
+    for run in runs:
+        reference = tmp_path / "reference" / "runs" / run.name
+        assert (run / "metrics.jsonl").read_bytes() == (reference / "metrics.jsonl").read_bytes()
+        one, two = (json.loads((r / "summary.json").read_text()) for r in (run, reference))
+        one.pop("wall_time_s"), two.pop("wall_time_s")
+        assert one == two and one["status"] == "finished"
+        assert [r["iteration"] for r in json.loads((run / "environment.json").read_text())[
+            "resumes"]] == [saved]  # fmt: skip
+
+    api.resume(alone, quiet=True)  # one member on its own: the single run's code from here
+    single, group = rows(alone / "metrics.jsonl"), rows(runs[1] / "metrics.jsonl")
+    assert len(single) == len(group)
+    for a, b in zip(single, group, strict=True):
+        for k, v in a.items():
+            if isinstance(v, float):
+                assert b[k] == pytest.approx(v, abs=1e-4), k
