@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from cl import api, config
+from cl import api, config, members
 from cl.sweep.vectorized import run_members
 
 TINY = [
@@ -29,8 +29,26 @@ def rows(path):
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
-@pytest.mark.parametrize("strategy", ["naive", "replay", "l2_init", "shrink_perturb"])
-def test_member_rows_equal_single_runs(tmp_path, strategy):
+CBP = ["strategy.cbp.maturity_threshold=5", "strategy.cbp.replacement_rate=0.05"]  # replaces
+AGEM = ["strategy.agem.patterns_per_exp=32", "strategy.agem.sample_size=16"]
+MEMBER_WISE = [
+    ("naive", []),
+    ("replay", []),
+    ("l2_init", []),
+    ("shrink_perturb", []),
+    ("agem", AGEM),
+    ("spectral", []),
+    ("wasserstein", []),
+    ("cbp", CBP),
+    ("center_loss", []),
+    ("[replay,agem]", ["strategy.replay.mem_size=60"]),
+    ("[replay,center_loss]", ["strategy.replay.mem_size=60"]),
+    ("[l2_init,cbp]", CBP),
+]
+
+
+@pytest.mark.parametrize(("strategy", "extra"), MEMBER_WISE, ids=[s for s, _ in MEMBER_WISE])
+def test_member_rows_equal_single_runs(tmp_path, strategy, extra):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -40,6 +58,7 @@ def test_member_rows_equal_single_runs(tmp_path, strategy):
                 [
                     *TINY,
                     f"strategy={strategy}",
+                    *extra,
                     f"seed={s}",
                     f"run.dir={tmp_path}/g",
                     f"run.name=s{s}",
@@ -47,10 +66,15 @@ def test_member_rows_equal_single_runs(tmp_path, strategy):
             )  # fmt: skip
             for s in seeds
         ]
+        assert members.unsupported(loaded[0][0]) is None  # stacked, not member by member
         statuses = run_members([c for c, _ in loaded], [config.as_plain(t) for _, t in loaded])
         assert statuses == ["finished"] * len(seeds)
         for s in seeds:
-            api.run([*TINY, f"strategy={strategy}", f"seed={s}", f"run.dir={tmp_path}/one",
+            if "cbp" in strategy:  # units were replaced in the group (their ages restarted)
+                ckpt = torch.load(tmp_path / "g" / f"s{s}" / "checkpoint.pt", weights_only=True)
+                age = ckpt["strategies"]["cbp"]["age"][0]
+                assert int(age.min()) < ckpt["context"]["iteration"]
+            api.run([*TINY, f"strategy={strategy}", *extra, f"seed={s}", f"run.dir={tmp_path}/one",
                      f"run.name=s{s}"], quiet=True)  # fmt: skip
             single = rows(tmp_path / "one" / f"s{s}" / "metrics.jsonl")
             member = rows(tmp_path / "g" / f"s{s}" / "metrics.jsonl")
@@ -69,8 +93,6 @@ def test_member_rows_equal_single_runs(tmp_path, strategy):
 
 
 def test_unsupported_strategy_runs_member_by_member(tmp_path):
-    from cl import members
-
     cfg, _ = config.load([*TINY, "strategy=gem"])
     assert "member_wise" in members.unsupported(cfg)
 
