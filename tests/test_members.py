@@ -33,6 +33,8 @@ CBP = ["strategy.cbp.maturity_threshold=5", "strategy.cbp.replacement_rate=0.05"
 AGEM = ["strategy.agem.patterns_per_exp=32", "strategy.agem.sample_size=16"]
 MEMBER_WISE = [
     ("naive", []),
+    ("joint", []),
+    ("l2", []),
     ("replay", []),
     ("l2_init", []),
     ("shrink_perturb", []),
@@ -44,6 +46,11 @@ MEMBER_WISE = [
     ("[replay,agem]", ["strategy.replay.mem_size=60"]),
     ("[replay,center_loss]", ["strategy.replay.mem_size=60"]),
     ("[l2_init,cbp]", CBP),
+    ("gem", ["strategy.gem.patterns_per_exp=32"]),
+    ("[replay,gem]", ["strategy.replay.mem_size=60", "strategy.gem.sample_size=8"]),
+    ("weight_aligning", ["strategy.weight_aligning.mem_size=60"]),
+    ("rer", ["strategy.rer.mem_size=60", "strategy.rer.warm_start=0", "strategy.rer.meta_every=2"]),
+    ("[replay,bfp]", ["strategy.replay.mem_size=60"]),
 ]
 
 
@@ -92,9 +99,9 @@ def test_member_rows_equal_single_runs(tmp_path, strategy, extra):
         torch.set_num_threads(threads)
 
 
-def test_unsupported_strategy_runs_member_by_member(tmp_path):
-    cfg, _ = config.load([*TINY, "strategy=gem"])
-    assert "member_wise" in members.unsupported(cfg)
+def test_unsupported_configs_run_member_by_member(tmp_path):
+    cfg, _ = config.load([*TINY, "optim=tag"])
+    assert "not elementwise" in members.unsupported(cfg)
 
 
 def test_sweep_vectorized_end_to_end(tmp_path):
