@@ -142,10 +142,10 @@ GROUP = [
 ]
 
 
-def test_a_killed_group_resumes_to_the_uninterrupted_group(tmp_path):
+def test_a_killed_or_stopped_group_resumes_to_the_uninterrupted_group(tmp_path):
     """SIGKILL of the whole sweep inside iteration 40 of the group, `cl sweep --resume`: every
-    member's rows equal the uninterrupted group's, byte for byte; a member folder also
-    resumes alone (`cl run --resume`), as a single run."""
+    member's rows equal the uninterrupted group's, byte for byte; the same after a Ctrl-C; a
+    member folder also resumes alone (`cl run --resume`), as a single run."""
     from cl.cli import main
 
     at, env = 40, {**os.environ, "CL_TEST_KILL_AT": "40", "OMP_NUM_THREADS": "1"}
@@ -178,6 +178,22 @@ def test_a_killed_group_resumes_to_the_uninterrupted_group(tmp_path):
         assert one == two and one["status"] == "finished"
         assert [r["iteration"] for r in json.loads((run / "environment.json").read_text())[
             "resumes"]] == [saved]  # fmt: skip
+
+    # Ctrl-C to the sweep (forwarded to the worker) inside iteration 50: the group stops after
+    # it with a checkpoint; `cl sweep --resume` ends as the uninterrupted group too
+    env |= {"CL_TEST_KILL_AT": "50", "CL_TEST_SIGNAL": "INT"}
+    cmd = [*cmd, "sweep.name=stopped"]
+    stopped = subprocess.run(cmd, env=env, capture_output=True, timeout=600)
+    assert stopped.returncode == 130, stopped.stderr[-2000:]
+    for run in sorted((tmp_path / "stopped" / "runs").iterdir()):
+        summary = json.loads((run / "summary.json").read_text())
+        assert summary["status"] == "interrupted"
+        assert summary["checkpoint_iteration"] == summary["n_iterations"] == 50
+        assert summary["resume"] == f"cl run --resume {run}"
+    assert main(["sweep", "-q", "--resume", str(tmp_path / "stopped")]) == 0
+    for run in runs:
+        again = tmp_path / "stopped" / "runs" / run.name
+        assert (again / "metrics.jsonl").read_bytes() == (run / "metrics.jsonl").read_bytes()
 
     api.resume(alone, quiet=True)  # one member on its own: the single run's code from here
     single, group = rows(alone / "metrics.jsonl"), rows(runs[1] / "metrics.jsonl")
