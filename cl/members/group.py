@@ -10,7 +10,8 @@ from typing import Any
 from cl.members.checkpoint import join
 from cl.members.context import MemberContext, MemberWise
 from cl.members.monitor import GroupMonitor
-from cl.members.stacked import MemberOptimizer, StackedModel, StackedOptimizer, StackedStream
+from cl.members.optimizer import MemberOptimizer, StackedOptimizer
+from cl.members.stacked import StackedModel, StackedStream
 from cl.runner import Cursor, RunState, make_optimizer
 
 ELEMENTWISE = ("sgd", "adam", "rmsprop", "adagrad")
