@@ -202,3 +202,44 @@ def test_a_killed_or_stopped_group_resumes_to_the_uninterrupted_group(tmp_path):
         for k, v in a.items():
             if isinstance(v, float):
                 assert b[k] == pytest.approx(v, abs=1e-4), k
+
+
+def test_members_checkpointed_at_different_iterations_resume_as_separate_groups(tmp_path):
+    """Checkpoints are ordinary ones: `resume_members` takes any member folders of one config
+    (here two single runs killed at different iterations, as after a kill between two
+    members' checkpoint writes, or a sweep resumed with another executor); those standing at
+    the same iteration train on together, each from its own checkpoint."""
+    from cl.sweep.vectorized import resume_members
+
+    base = [*TINY, "strategy=replay", "run.checkpoint_every=5", f"run.dir={tmp_path}"]
+    jobs = [
+        {"signal": "KILL", "at": at, "args": ["-q", *base, f"seed={s}", f"run.name=s{s}"],
+         "stderr": str(tmp_path / f"s{s}.err")}
+        for s, at in ((0, 12), (3, 23))
+    ]  # fmt: skip
+    (tmp_path / "jobs.json").write_text(json.dumps(jobs))
+    helper = Path(__file__).parent / "helpers" / "kill_at.py"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, str(helper), str(tmp_path / "jobs.json")], env=env,
+                          capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert json.loads(done.stdout) == [-9, -9], done.stderr
+    folders = [tmp_path / "s0", tmp_path / "s3"]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        assert resume_members(folders) == ["finished", "finished"]
+        for folder, saved in zip(folders, (10, 20), strict=True):
+            env = json.loads((folder / "environment.json").read_text())
+            assert [r["iteration"] for r in env["resumes"]] == [saved]
+            seed = folder.name[1:]
+            api.run([*base, f"seed={seed}", f"run.dir={tmp_path}/one", f"run.name=s{seed}"],
+                    quiet=True)  # fmt: skip
+            single = rows(tmp_path / "one" / folder.name / "metrics.jsonl")
+            member = rows(folder / "metrics.jsonl")
+            assert [r["iteration"] for r in single] == [r["iteration"] for r in member]
+            for a, b in zip(single, member, strict=True):
+                for k, v in a.items():
+                    if isinstance(v, float):
+                        assert b[k] == pytest.approx(v, abs=1e-5), k
+    finally:
+        torch.set_num_threads(threads)
