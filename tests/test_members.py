@@ -99,9 +99,25 @@ def test_member_rows_equal_single_runs(tmp_path, strategy, extra):
         torch.set_num_threads(threads)
 
 
-def test_unsupported_configs_run_member_by_member(tmp_path):
-    cfg, _ = config.load([*TINY, "optim=tag"])
-    assert "not elementwise" in members.unsupported(cfg)
+def test_unsupported_configs_run_member_by_member(tmp_path, monkeypatch):
+    """optim=tag cannot be stacked: each member runs `api.start`; after a stop the members
+    not begun yet are not started (interrupted: the sweep's resume starts them)."""
+    import signal
+
+    from cl.interrupt import Interrupted
+
+    loaded = [config.load([*TINY, "optim=tag", f"seed={s}"]) for s in (0, 1, 2)]
+    assert "not elementwise" in members.unsupported(loaded[0][0])
+    began = []
+
+    def start(cfg, plain, quiet=False):
+        began.append(cfg.seed)
+        if cfg.seed == 1:
+            raise Interrupted(signal.SIGTERM)
+
+    monkeypatch.setattr(api, "start", start)
+    statuses = run_members([c for c, _ in loaded], [config.as_plain(t) for _, t in loaded])
+    assert statuses == ["finished", "interrupted", "interrupted"] and began == [0, 1]
 
 
 def test_sweep_vectorized_end_to_end(tmp_path):

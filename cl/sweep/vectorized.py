@@ -37,8 +37,8 @@ def run_members(cfgs: list, plains: list[dict]) -> list[str]:
 
     why = members.unsupported(cfgs[0])
     if why is not None:  # member by member, the single run's code
-        return [_single(lambda c=cfg, p=plain: api.start(c, p, quiet=True))
-                for cfg, plain in zip(cfgs, plains, strict=True)]  # fmt: skip
+        pairs = zip(cfgs, plains, strict=True)
+        return _one_by_one([lambda c=c, p=p: api.start(c, p, quiet=True) for c, p in pairs])
     with determinism(cfgs[0].run.deterministic):
         states, folders, locks = [], [], []
         try:
@@ -72,7 +72,7 @@ def resume_members(run_dirs: list[str | Path]) -> list[str]:
     loaded = [config.load_saved(f / "config.yaml") for f in folders]
     cfgs, plains = [c for c, _ in loaded], [config.as_plain(t) for _, t in loaded]
     if members.unsupported(cfgs[0]) is not None:  # they ran as single runs
-        return [_single(lambda f=f: api.resume(f, quiet=True)) for f in folders]
+        return _one_by_one([lambda f=f: api.resume(f, quiet=True) for f in folders])
     device = resolve_device(cfgs[0].run.device)
     ckpts = [checkpoint.to_device(checkpoint.load(f), device) for f in folders]
     for f, ckpt in zip(folders, ckpts, strict=True):
@@ -178,15 +178,23 @@ def _drive(cfgs, plains, folders, states, run_ids, rows, ckpts) -> list[str]:
                 wandb.close(0)
 
 
-def _single(go) -> str:
-    """One member through the single run's code (start or resume): its status."""
+def _one_by_one(runs: list) -> list[str]:
+    """Members through the single run's code (start or resume), one after another: their
+    statuses; after a stop (Ctrl-C, SIGTERM) the members not begun yet are `interrupted`
+    too, and the next `cl sweep --resume` starts them."""
     from cl.interrupt import Interrupted
 
-    try:
-        go()
-    except (Interrupted, KeyboardInterrupt):
-        return "interrupted"
-    return "finished"
+    statuses: list[str] = []
+    for go in runs:
+        if statuses and statuses[-1] == "interrupted":
+            statuses.append("interrupted")
+            continue
+        try:
+            go()
+            statuses.append("finished")
+        except (Interrupted, KeyboardInterrupt):
+            statuses.append("interrupted")
+    return statuses
 
 
 def run_group(jobs: list[dict[str, Any]]) -> list[dict[str, Any]]:
