@@ -205,5 +205,8 @@ class Checkpointer:
         late = period > 0 and time.monotonic() - self.last >= period
         due = boundary or stop or it % r.checkpoint_every == 0 or late
         if r.checkpoint and due:
-            save(self.folder, self.make())
+            self.write()
             self.last, self.saved_at = time.monotonic(), it
+
+    def write(self) -> None:
+        save(self.folder, self.make())

@@ -67,6 +67,7 @@ class AGEM(Strategy):
     """
 
     name = "agem"
+    member_wise = True
 
     def __init__(self, patterns_per_exp: int = 256, sample_size: int = 256):
         if patterns_per_exp <= 0:

@@ -39,6 +39,7 @@ class BFP(Strategy):
     """
 
     name = "bfp"
+    member_wise = True
 
     def __init__(
         self,

@@ -53,6 +53,7 @@ class ContinualBackprop(Strategy):
     """
 
     name = "cbp"
+    member_wise = True
 
     def __init__(
         self,
@@ -77,6 +78,7 @@ class ContinualBackprop(Strategy):
         self.layers: list[tuple[nn.Module, nn.Module, list]] = []  # (layer, next, norms)
         self.state: dict[str, Any] | None = None
         self.rng = RngStream()  # fresh incoming weights
+        self.hooks: list = []  # the forward hooks' handles (a second `setup` replaces them)
 
     @classmethod
     def check(cls, cfg) -> None:
@@ -90,6 +92,9 @@ class ContinualBackprop(Strategy):
         if not isinstance(body, nn.Sequential) or not isinstance(head, nn.Linear):
             raise ValueError("cbp needs a model with an nn.Sequential `body` (mlp, cnn)")
         mods = list(body)
+        for handle in self.hooks:  # set up again (a vectorised group's member): no duplicates
+            handle.remove()
+        self.layers, self.hooks = [], []
         where = [i for i, m in enumerate(mods) if isinstance(m, nn.Linear | nn.Conv2d)]
         for j, i in enumerate(where):
             nxt = mods[where[j + 1]] if j + 1 < len(where) else head
@@ -97,7 +102,8 @@ class ContinualBackprop(Strategy):
             acts = [m for m in between if isinstance(m, ACTS)]
             norms = [m for m in between if isinstance(m, NORMS)]
             self.layers.append((mods[i], nxt, norms))
-            (acts[0] if acts else mods[i]).register_forward_hook(partial(self._capture, j))
+            tap = acts[0] if acts else mods[i]
+            self.hooks.append(tap.register_forward_hook(partial(self._capture, j)))
         self.acts = [None] * len(self.layers)
         if self.state is None:
             z = [layer.weight.new_zeros(len(layer.weight)) for layer, _, _ in self.layers]

@@ -38,6 +38,7 @@ class CenterLoss(Strategy):
     """
 
     name = "center_loss"
+    member_wise = True
 
     def __init__(self, weight: float = 0.01, alpha: float = 0.5, freeze_head: bool = True):
         if weight < 0:

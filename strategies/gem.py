@@ -77,6 +77,7 @@ class GEM(Strategy):
     """
 
     name = "gem"
+    member_wise = True
 
     def __init__(
         self,

@@ -61,6 +61,7 @@ class RER(Replay):
     """
 
     name = "rer"
+    member_wise = True
 
     def __init__(
         self,
@@ -83,17 +84,19 @@ class RER(Replay):
         self.meta, self.hidden = MetaNet(hidden), hidden
         self.meta_opt = torch.optim.Adam(self.meta.parameters(), lr=meta_lr, weight_decay=1e-4)
         self.loaded: dict[str, Any] | None = None
+        self.drawn = False  # the meta-net's initial weights were drawn
         self.stats: dict[str, float] = {}
 
     def setup(self, ctx: Context) -> None:
         super().setup(ctx)
         state, self.loaded = self.loaded, None
-        if state is None:  # nn.Linear's init, drawn from the run's RNG
+        if state is None and not self.drawn:  # nn.Linear's init, drawn from the run's RNG
             with torch.no_grad():
                 for layer in (self.meta.loss_in, self.meta.norm_in, self.meta.out):
                     bound = 1 / math.sqrt(layer.in_features)
                     for p in layer.parameters():
                         p.copy_(torch.rand(p.shape, generator=ctx.generator) * 2 * bound - bound)
+        self.drawn = True  # once: a second `setup` (a vectorised group's member) keeps it
         self.meta.to(ctx.device)
         if state is not None:
             self.meta.load_state_dict(state["meta"])

@@ -32,6 +32,7 @@ class Spectral(Strategy):
     """
 
     name = "spectral"
+    member_wise = True
 
     def __init__(self, lam: float = 1e-4, k: int = 2):
         if lam < 0:

@@ -36,6 +36,7 @@ class Wasserstein(ParameterPenalty):
     """
 
     name = "wasserstein"
+    member_wise = True
     anchored = True
 
     def __init__(self, lam: float = 1e-3):

@@ -55,6 +55,7 @@ class WeightAligning(Strategy):
     """
 
     name = "weight_aligning"
+    member_wise = True
 
     def __init__(
         self,

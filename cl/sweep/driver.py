@@ -410,8 +410,8 @@ def next_job(path: Path, data: dict, trial: dict, last: dict, threads: int) -> d
     job = {"trial": name, "threads": threads, "attempt": max(attempt, 1), "run_dir": str(run_dir)}
     if state == "finished" or sweep_folder.run_status(run_dir) == "finished":
         return None
-    if state != "failed" and (run_dir / "checkpoint.pt").is_file():
-        return job | {"mode": "resume"}
+    if state != "failed" and (run_dir / "checkpoint.pt").is_file():  # overrides: for grouping
+        return job | {"mode": "resume", "overrides": trial_overrides(data, trial)}
     if run_dir.exists():
         keep = path / "failed" / f"{name}-attempt{last.get('attempt', 0)}-{int(time.time())}"
         keep.parent.mkdir(exist_ok=True)

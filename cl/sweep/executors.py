@@ -225,10 +225,8 @@ class VectorizedPool:
         from cl.sweep.vectorized import group_key
 
         by_key: dict[tuple, list[dict]] = {}
-        for job in self.pending:
-            if job["mode"] == "resume":  # no group checkpoints yet: a stopped member restarts
-                job = {**job, "mode": "start"}
-            by_key.setdefault(group_key(job), []).append(job)
+        for job in self.pending:  # resumes (from the members' checkpoints) group apart
+            by_key.setdefault((job["mode"], *group_key(job)), []).append(job)
         groups = list(by_key.values())
         while groups and len(groups) < self.pool.capacity:  # fewer groups than workers: split
             big = max(groups, key=len)
