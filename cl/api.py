@@ -435,6 +435,8 @@ def _safe_point(state, saver, stop, log):
     """The runner's safe point: checkpoint when due, stop when asked. Over several ranks they
     agree first (one small all-reduce: a stop or a checkpoint wanted on any rank), sum the
     steps' parts since the last row, and rank 0 alone writes the checkpoint."""
+    from cl import distributed
+
     c = state.ctx.collective
 
     def safe_point(boundary: bool) -> None:
@@ -443,6 +445,8 @@ def _safe_point(state, saver, stop, log):
             if stop.signum is not None:
                 raise Interrupted(stop.signum)
             return
+        if boundary:
+            distributed.verify(state)  # every rank holds the same state
         halt, want = c.any(stop.signum is not None, saver.due(boundary))
         if want or (halt and saver.due(boundary, stop=True)):
             state.monitor.sync()

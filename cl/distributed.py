@@ -56,6 +56,10 @@ class Collective:
         """Rank `src`'s `obj` (a tensor or any picklable object) on every rank."""
         return obj
 
+    def gather_object(self, obj) -> list:
+        """`obj` (picklable) of every rank, in rank order."""
+        return [obj]
+
     def any(self, *flags: bool) -> list[bool]:
         """For each flag: whether it is true on any rank (one collective for all)."""
         return list(flags)
@@ -92,6 +96,11 @@ class Group(Collective):
         box = [obj]
         self.dist.broadcast_object_list(box, src)
         return box[0]
+
+    def gather_object(self, obj) -> list:
+        out = [None] * self.world
+        self.dist.all_gather_object(out, obj)
+        return out
 
     def any(self, *flags: bool) -> list[bool]:
         import torch
@@ -301,3 +310,63 @@ def attach(ctx, cfg) -> None:
             )
         torch.nn.SyncBatchNorm.convert_sync_batchnorm(ctx.model)
     ctx.ddp = wrap(ctx.model, ctx.device)
+
+
+CHECKSUMS_ENV = "CL_DIST_CHECKSUMS"  # a folder: each rank appends its fingerprints there (tests)
+
+
+def fingerprints(state) -> dict[str, str]:
+    """SHA-256 of the model's and of every strategy's state (tensors and plain data)."""
+    import hashlib
+
+    import torch
+
+    def digest(obj, h) -> None:
+        if isinstance(obj, torch.Tensor):
+            t = obj.detach().cpu().contiguous()
+            h.update(f"{t.dtype}{tuple(t.shape)}".encode())
+            h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        elif isinstance(obj, dict):
+            for k in sorted(obj, key=str):
+                h.update(str(k).encode())
+                digest(obj[k], h)
+        elif isinstance(obj, list | tuple):
+            for v in obj:
+                digest(v, h)
+        else:
+            h.update(repr(obj).encode())
+
+    out = {}
+    for name, part in [("model", state.ctx.model.state_dict())] + [
+        (f"strategy/{s.name}", s.state_dict()) for s in state.strategies
+    ]:
+        h = hashlib.sha256()
+        digest(part, h)
+        out[name] = h.hexdigest()
+    return out
+
+
+def verify(state) -> None:
+    """At an experience end over several ranks: RunFailed unless every rank holds the same
+    model and strategy states (replicated by construction; a divergence is a bug, found
+    here rather than in the numbers)."""
+    from cl.errors import RunFailed
+
+    c = state.ctx.collective
+    if c.world == 1:
+        return
+    mine = fingerprints(state)
+    folder = os.environ.get(CHECKSUMS_ENV)
+    if folder:
+        import json
+
+        line = json.dumps({"experience": state.ctx.experience, **mine})
+        with open(Path(folder) / f"rank{c.rank}.jsonl", "a") as f:
+            f.write(line + "\n")
+    every = c.gather_object(mine)
+    differ = sorted(k for k in mine if len({f[k] for f in every}) > 1)
+    if differ:
+        raise RunFailed(
+            f"the ranks' states differ after experience {state.ctx.experience} "
+            f"({', '.join(differ)}): a strategy kept rank-local state; run it with run.nproc=1"
+        )
