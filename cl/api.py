@@ -93,7 +93,11 @@ def start(cfg: RunConfig, plain_config: dict, quiet: bool = False) -> Run:
     from cl import distributed
     from cl.environment import determinism, threads
 
-    distributed.join(cfg)  # under torchrun: this process's rank of the run
+    if distributed.join(cfg).world == 1 and cfg.run.nproc > 1:
+        raise UserError(
+            f"run.nproc={cfg.run.nproc} starts its ranks through `cl run` (torchrun); from "
+            "Python, start the script with torchrun instead"
+        )
     adapt = not cfg.run.deterministic  # a deterministic run's numbers must not follow the load
     with determinism(cfg.run.deterministic), threads(cfg.run.threads, adapt) as chosen:
         return _start(cfg, plain_config, quiet, chosen)
@@ -197,7 +201,13 @@ def resume(folder: str | Path, overrides=(), quiet: bool = False) -> Run:
     from cl import distributed
     from cl.environment import determinism, threads
 
-    main = distributed.join(cfg).main  # over several ranks: rank 0 writes, the others read
+    c = distributed.join(cfg)  # over several ranks: rank 0 writes, the others read
+    if c.world == 1 and cfg.run.nproc > 1:
+        raise UserError(
+            f"{folder} runs over run.nproc={cfg.run.nproc} ranks: resume it with `cl run "
+            "--resume` (torchrun), or in this process with the override run.nproc=1"
+        )
+    main = c.main
     lock = FolderLock(folder) if main else None
     try:
         count = cfg.run.threads or _started_with_threads(folder)  # same count: same numbers

@@ -223,8 +223,9 @@ def main(argv: list[str] | None = None) -> int:
 
     argv = sys.argv[1:] if argv is None else list(argv)
     code = _main(argv)
-    distributed.leave_status(code)  # rank 0's exit code, for `cl run run.nproc=N`
     distributed.shutdown()
+    if distributed.leave_status(code):  # a rank of `cl run run.nproc=N`, which says its code
+        return 0  # torchrun's failure report stays for ranks that die
     return code
 
 

@@ -16,6 +16,7 @@ torch.distributed process group (gloo on the CPU, NCCL on CUDA) `init` joins und
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -205,21 +206,28 @@ def launch(nproc: int, argv: list[str]) -> int:
             "--nnodes=1", "--master_addr=127.0.0.1", f"--master_port={free_port()}",
             "--monitor_interval=0.5", "-m", "cl", *argv,
         ]  # fmt: skip
-        try:
-            proc = subprocess.Popen(cmd, env=env)
+        proc = subprocess.Popen(cmd, env=env)
+        forward = lambda signum, frame: proc.send_signal(signum)  # noqa: E731
+        previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:  # torchrun passes a stop on to the ranks, which checkpoint and end
             code = proc.wait()
-        except KeyboardInterrupt:  # torchrun got the Ctrl-C too and stops its ranks
-            code = proc.wait()
+        finally:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
         if status.is_file() and status.read_text().strip():
             return int(status.read_text())
         return code
 
 
-def leave_status(code: int) -> None:
-    """Rank 0 tells the launcher its exit code (`launch`)."""
+def leave_status(code: int) -> bool:
+    """A rank started by `launch`: rank 0 leaves its exit code for the launcher; returns
+    True (the rank then exits 0 to torchrun). False in any other process."""
     path = os.environ.get(STATUS_ENV)
-    if path and os.environ.get("RANK", "0") == "0":
+    if not path or not under_torchrun():
+        return False
+    if os.environ.get("RANK", "0") == "0":
         Path(path).write_text(str(code))
+    return True
 
 
 def check(cfg, world: int) -> None:

@@ -168,11 +168,26 @@ def validate_trials(spec: dict) -> None:
         if rest in valid and plain_seed(trial["values"].get("seed")):
             continue
         try:
-            config.load(trial_overrides(spec, trial))
+            cfg, _ = config.load(trial_overrides(spec, trial))
+            if cfg.run.nproc > 1:
+                raise UserError(_ranks_refused(spec, cfg.run.nproc))
         except UserError as e:
             shown = " ".join(f"{k}={v}" for k, v in trial["values"].items())
             raise UserError(f"trial {trial['name']} ({shown}): {e}") from None
         valid.add(rest)
+
+
+def _ranks_refused(spec: dict, nproc: int) -> str:
+    """Why a sweep's trial cannot run over `nproc` ranks."""
+    if spec.get("options", {}).get("executor") == "vectorized":
+        return (
+            f"run.nproc={nproc} and sweep.executor=vectorized: a run uses either the member "
+            "axis (seeds as one stacked model) or ranks, not both"
+        )
+    return (
+        f"run.nproc={nproc}: sweep trials run in one process each; run it alone with "
+        "`cl run run.nproc=N`, or set run.nproc=1"
+    )
 
 
 def plain_seed(text: str | None) -> bool:
