@@ -154,7 +154,7 @@ def test_a_killed_rank_ends_the_whole_job(tmp_path):
     ]  # fmt: skip
     r = subprocess.run(cmd, capture_output=True, text=True, env=ENV, timeout=300, cwd=tmp_path)
     assert r.returncode != 0
-    assert "SIGKILL" in r.stderr or "Signal 9" in r.stderr, r.stderr[-2000:]
+    assert "exitcode: -9" in r.stderr, r.stderr[-2000:]  # torchrun saw rank 1 die
     assert not (tmp_path / "killed" / "summary.json").exists() or (
         json.loads((tmp_path / "killed" / "summary.json").read_text())["status"] != "finished"
     )

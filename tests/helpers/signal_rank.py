@@ -10,6 +10,7 @@ rank dies: torchrun ends the job). The other ranks run `cl ARGS` unchanged.
 import os
 import signal
 import sys
+import time
 
 import cl.runner
 from cl.cli import main
@@ -22,7 +23,8 @@ if int(os.environ["RANK"]) == rank:
         global calls
         out = step(*args, **kwargs)
         calls += 1
-        if calls == at:
+        if calls == at:  # the time, for measuring how long the job takes to end
+            print(f"signal_rank: {sig.name} at {time.time():.3f}", file=sys.stderr, flush=True)
             os.kill(os.getpid(), sig)
         return out
 
