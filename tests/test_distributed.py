@@ -18,7 +18,7 @@ import torch
 
 import cl
 from cl.context import Batch, Context
-from cl.distributed import Collective
+from cl.distributed import Collective, free_port
 from cl.store import read_rows
 
 HELPER = Path(__file__).parent / "helpers" / "signal_rank.py"
@@ -113,7 +113,7 @@ def test_resume_over_two_and_over_one_rank_ends_equal_to_the_uninterrupted_run(t
     whole = two_ranks(RESUMABLE, tmp_path, "whole", checksums=False)
     # rank 1 gets SIGTERM inside iteration 13 (between rows, after the checkpoint of 10):
     # every rank stops after it, rank 0 checkpoints it
-    port = str(__import__("cl.distributed").distributed.free_port())
+    port = str(free_port())
     status = tmp_path / "status"
     cmd = [
         sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
@@ -145,7 +145,7 @@ def test_resume_over_two_and_over_one_rank_ends_equal_to_the_uninterrupted_run(t
 
 
 def test_a_killed_rank_ends_the_whole_job(tmp_path):
-    port = str(__import__("cl.distributed").distributed.free_port())
+    port = str(free_port())
     cmd = [
         sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
         "--master_addr=127.0.0.1", f"--master_port={port}", "--monitor_interval=0.5",
