@@ -33,7 +33,10 @@ BASE = [
     "eval.subset=101",  # nor do the evaluation subsets
 ]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-COMPARED = ("eval/acc/", "eval/loss/", "train/loss", "train/online_acc")
+COMPARED = (  # (also per-sample hits, gathered from the ranks: example forgetting, NFR)
+    "eval/acc/", "eval/loss/", "train/loss", "train/online_acc", "example_forgetting/",
+    "forgetting/nfr",
+)  # fmt: skip
 
 
 def cl_run(args, tmp_path, env=None, timeout=300) -> subprocess.CompletedProcess:
@@ -77,6 +80,7 @@ def test_two_ranks_equal_one_rank_and_rank_0_alone_writes(tmp_path):
     reference = cl.run([*args, f"run.dir={tmp_path}", "run.name=one"], quiet=True)
     rows = read_rows(folder / "metrics.jsonl")
     assert_close(rows, read_rows(reference.path / "metrics.jsonl"), n=len(rows))
+    assert any("example_forgetting/eval/events" in r for r in rows)
     assert_ranks_agree(tmp_path / "two-ck")
     summary = json.loads((folder / "summary.json").read_text())
     assert summary["status"] == "finished"
