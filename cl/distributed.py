@@ -21,6 +21,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -190,12 +191,14 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def launch(nproc: int, argv: list[str]) -> int:
+def launch(nproc: int, argv: list[str], threads: int | None = None) -> int:
     """`cl <argv>` as `nproc` ranks on this machine through torch.distributed.run (gloo/NCCL
     on 127.0.0.1, a free port); what rank 0 prints is shown, the others stay quiet. Returns
     rank 0's exit code (torchrun's when rank 0 left none, e.g. a rank was killed)."""
     env = dict(os.environ)
-    if "OMP_NUM_THREADS" not in env:  # the machine's cores shared by the ranks
+    if threads:  # each rank's
+        env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(threads)
+    elif "OMP_NUM_THREADS" not in env:  # the machine's cores shared by the ranks
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
         env["OMP_NUM_THREADS"] = str(max(1, cores // nproc))
     with tempfile.TemporaryDirectory(prefix="cl-dist-") as tmp:
@@ -208,8 +211,13 @@ def launch(nproc: int, argv: list[str]) -> int:
         ]  # fmt: skip
         proc = subprocess.Popen(cmd, env=env)
         forward = lambda signum, frame: proc.send_signal(signum)  # noqa: E731
-        previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
+        previous = {}
+        if threading.current_thread() is threading.main_thread():
+            previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
         try:  # torchrun passes a stop on to the ranks, which checkpoint and end
+            code = proc.wait()
+        except KeyboardInterrupt:  # outside the main thread (a Ray task's cancel)
+            proc.send_signal(signal.SIGINT)
             code = proc.wait()
         finally:
             for s, handler in previous.items():

@@ -190,12 +190,36 @@ def test_torchrun_world_and_run_nproc_must_agree(tmp_path):
 
 def test_sweeps_refuse_ranks_and_the_member_axis_with_ranks(tmp_path):
     cmd = [sys.executable, "-m", "cl", "sweep", *BASE, "seed=0,1", "run.nproc=2"]
-    for executor, says in [("vectorized", "either the member axis"), ("local", "one process")]:
+    cases = [("vectorized", "either the member axis"), ("local", "devices_per_trial")]
+    for executor, says in cases:
         r = subprocess.run(
             [*cmd, f"sweep.executor={executor}", f"sweep.dir={tmp_path}"],
             capture_output=True, text=True, env=ENV, timeout=120, cwd=tmp_path,
         )  # fmt: skip
         assert r.returncode == 2 and says in r.stderr and r.stderr.startswith("error:")
+
+
+def test_devices_per_trial_needs_ray(tmp_path):
+    cmd = [sys.executable, "-m", "cl", "sweep", *BASE, "seed=0,1", "sweep.devices_per_trial=2"]
+    r = subprocess.run(
+        [*cmd, f"sweep.dir={tmp_path}"], capture_output=True, text=True, env=ENV, timeout=120
+    )
+    assert r.returncode == 2 and r.stderr.startswith("error: sweep.devices_per_trial=2 needs")
+
+
+def test_a_trial_over_two_ranks_runs_as_ray_would_run_it(tmp_path):
+    """sweep.devices_per_trial=2 on Ray: the task runs `run_trial` with the job's ranks (here
+    in this process, without Ray): a 2-rank run in the trial's folder, equal to one rank."""
+    from cl.sweep.executors import run_trial
+
+    args = [*BASE, "strategy.replay.mem_size=60"]
+    job = {"mode": "start", "ranks": 2, "threads": 1, "run_dir": str(tmp_path / "trial")}
+    job["overrides"] = [*args, f"run.dir={tmp_path}", "run.name=trial"]
+    assert run_trial(job)["status"] == "finished"
+    assert "  nproc: 2\n" in (tmp_path / "trial" / "config.yaml").read_text()
+    reference = cl.run([*args, f"run.dir={tmp_path}", "run.name=one"], quiet=True)
+    rows = read_rows(tmp_path / "trial" / "metrics.jsonl")
+    assert_close(rows, read_rows(reference.path / "metrics.jsonl"), n=len(rows))
 
 
 class Rank(Collective):
