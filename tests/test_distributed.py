@@ -214,7 +214,8 @@ def test_a_trial_over_two_ranks_runs_as_ray_would_run_it(tmp_path):
 
     args = [*BASE, "strategy.replay.mem_size=60"]
     job = {"mode": "start", "ranks": 2, "threads": 1, "run_dir": str(tmp_path / "trial")}
-    job["overrides"] = [*args, f"run.dir={tmp_path}", "run.name=trial"]
+    # as the driver's trial_overrides: a key may come twice (common, then the trial's own)
+    job["overrides"] = [*args, f"run.dir={tmp_path}", "run.name=trial", "run.progress=false"]
     assert run_trial(job)["status"] == "finished"
     assert "  nproc: 2\n" in (tmp_path / "trial" / "config.yaml").read_text()
     reference = cl.run([*args, f"run.dir={tmp_path}", "run.name=one"], quiet=True)

@@ -65,7 +65,8 @@ def run_ranks(job: dict[str, Any], began: float) -> dict[str, Any]:
     if job["mode"] == "resume":
         argv = ["run", "--resume", job["run_dir"], "-q"]
     else:
-        argv = ["run", *job["overrides"], f"run.nproc={n}", "-q"]
+        last = {o.split("=", 1)[0]: o for o in job["overrides"]}  # the CLI takes a key once
+        argv = ["run", *last.values(), f"run.nproc={n}", "-q"]
     code = distributed.launch(n, argv, job["threads"])  # a cancel: they stop at a safe point
     status = {0: "finished", 130: "interrupted", 143: "interrupted"}.get(code, "failed")
     error = None if status != "failed" else f"the {n}-rank run exited with code {code}"
