@@ -146,7 +146,10 @@ def _start(cfg: RunConfig, plain_config: dict, quiet: bool, chosen: dict) -> Run
             tree = config.OmegaConf.create(plain_config)
             (folder / "config.yaml").write_text(config.to_yaml(tree))
             env = environment(cfg.seed, state.ctx.device, cfg.run.deterministic)
-            write_json(folder / "environment.json", env | {"threads": chosen})
+            env |= {"threads": chosen}
+            if state.ctx.collective.world > 1:  # threads and device are rank 0's
+                env["ranks"] = state.ctx.collective.world
+            write_json(folder / "environment.json", env)
         return _drive(cfg, plain_config, folder, state, new_run_id(), 0, quiet)
     except BaseException as e:
         metrics = folder / METRICS_FILE

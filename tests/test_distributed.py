@@ -85,6 +85,7 @@ def test_two_ranks_equal_one_rank_and_rank_0_alone_writes(tmp_path):
     summary = json.loads((folder / "summary.json").read_text())
     assert summary["status"] == "finished"
     assert summary["acc"] == pytest.approx(reference.summary["acc"], abs=0.02)
+    assert json.loads((folder / "environment.json").read_text())["ranks"] == 2
     assert sorted(p.name for p in tmp_path.iterdir()) == ["one", "two", "two-ck"]
 
 
