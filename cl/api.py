@@ -451,6 +451,7 @@ def _safe_point(state, saver, stop, log):
     from cl import distributed
 
     c = state.ctx.collective
+    stop.ranks = c.world > 1  # a second stop does not stop one rank at once
 
     def safe_point(boundary: bool) -> None:
         if c.world == 1:

@@ -209,7 +209,9 @@ def launch(nproc: int, argv: list[str], threads: int | None = None) -> int:
             "--nnodes=1", "--master_addr=127.0.0.1", f"--master_port={free_port()}",
             "--monitor_interval=0.5", "-m", "cl", *argv,
         ]  # fmt: skip
-        proc = subprocess.Popen(cmd, env=env)
+        # its own session: the terminal's Ctrl-C reaches only this process, which passes it
+        # on to torchrun, which passes it on to each rank once
+        proc = subprocess.Popen(cmd, env=env, start_new_session=True)
         forward = lambda signum, frame: proc.send_signal(signum)  # noqa: E731
         previous = {}
         if threading.current_thread() is threading.main_thread():
