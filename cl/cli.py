@@ -177,7 +177,7 @@ def _list(what: str) -> None:
 
 
 def _run(args, argv: list[str]) -> int:
-    from cl import config, distributed
+    from cl import config, distributed, launch
 
     config.reject_repeats(args.overrides)
     quiet = args.quiet or os.environ.get("RANK", "0") != "0"  # ranks but 0 print nothing
@@ -192,7 +192,7 @@ def _run(args, argv: list[str]) -> int:
                 saved_cfg = config.load_saved(saved, args.overrides)[0]
                 if saved_cfg.run.nproc > 1:
                     distributed.check(saved_cfg, saved_cfg.run.nproc)
-                    return distributed.launch(saved_cfg.run.nproc, argv)
+                    return launch.launch(saved_cfg.run.nproc, argv)
         run = resume(args.resume, args.overrides, quiet=quiet)
         if args.quiet and run is not None:
             print(f"run {run.path}")  # -q: the folder, one line
@@ -209,7 +209,7 @@ def _run(args, argv: list[str]) -> int:
     cfg, tree = config.load(args.overrides)
     if cfg.run.nproc > 1 and not distributed.under_torchrun():
         distributed.check(cfg, cfg.run.nproc)
-        return distributed.launch(cfg.run.nproc, argv)
+        return launch.launch(cfg.run.nproc, argv)
     from cl.api import start
 
     run = start(cfg, config.as_plain(tree), quiet=quiet)
@@ -219,12 +219,12 @@ def _run(args, argv: list[str]) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from cl import distributed
+    from cl import distributed, launch
 
     argv = sys.argv[1:] if argv is None else list(argv)
     code = _main(argv)
     distributed.shutdown()
-    if distributed.leave_status(code):  # a rank of `cl run run.nproc=N`, which says its code
+    if launch.leave_status(code):  # a rank of `cl run run.nproc=N`, which says its code
         return 0  # torchrun's failure report stays for ranks that die
     return code
 

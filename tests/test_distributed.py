@@ -18,7 +18,8 @@ import torch
 
 import cl
 from cl.context import Batch, Context
-from cl.distributed import Collective, free_port
+from cl.distributed import Collective
+from cl.launch import free_port
 from cl.store import read_rows
 
 HELPER = Path(__file__).parent / "helpers" / "signal_rank.py"

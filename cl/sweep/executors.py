@@ -59,7 +59,7 @@ def run_trial(job: dict[str, Any]) -> dict[str, Any]:
 
 def run_ranks(job: dict[str, Any], began: float) -> dict[str, Any]:
     """One trial as a run over `job["ranks"]` ranks on this node (cl/distributed.py)."""
-    from cl import distributed
+    from cl import launch
 
     n = job["ranks"]
     if job["mode"] == "resume":
@@ -67,7 +67,7 @@ def run_ranks(job: dict[str, Any], began: float) -> dict[str, Any]:
     else:
         last = {o.split("=", 1)[0]: o for o in job["overrides"]}  # the CLI takes a key once
         argv = ["run", *last.values(), f"run.nproc={n}", "-q"]
-    code = distributed.launch(n, argv, job["threads"])  # a cancel: they stop at a safe point
+    code = launch.launch(n, argv, job["threads"])  # a cancel: they stop at a safe point
     status = {0: "finished", 130: "interrupted", 143: "interrupted"}.get(code, "failed")
     error = None if status != "failed" else f"the {n}-rank run exited with code {code}"
     return {"status": status, "error": error, "overhead_s": round(time.perf_counter() - began, 4)}
