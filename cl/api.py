@@ -45,6 +45,7 @@ def build_state(cfg: RunConfig, ckpt: dict | None = None):
     """The run state of `cfg`: fresh, or as `ckpt` (a loaded checkpoint) left it."""
     import torch
 
+    from cl import distributed
     from cl.data import load_source
     from cl.environment import resolve_device, seed_everything
     from cl.models import build_model
@@ -52,7 +53,7 @@ def build_state(cfg: RunConfig, ckpt: dict | None = None):
     from cl.runner import RunState, make_context
     from cl.streams import build_stream
 
-    device = resolve_device(cfg.run.device)
+    device = distributed.rank_device(resolve_device(cfg.run.device))
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UserError(
             f"run.device={cfg.run.device} but no CUDA device is available; "
@@ -70,6 +71,7 @@ def build_state(cfg: RunConfig, ckpt: dict | None = None):
         for block in model.children():
             block.compile()
     ctx = make_context(cfg.optim, cfg.train, stream, model, device, generator)
+    distributed.attach(ctx, cfg.run.sync_bn)  # over several ranks: the collective, the DDP module
     hooks = plugins.family_of(cfg.strategy).build(cfg.strategy)  # []: the family's own loop
     monitor = Monitor(ctx, cfg.eval, cfg.metrics, cfg.plasticity, cfg.seed, cfg.run.row_chunk)
     state = RunState(cfg.train, ctx, hooks, monitor, spec=cfg.strategy)
@@ -90,8 +92,14 @@ def build_state(cfg: RunConfig, ckpt: dict | None = None):
 def start(cfg: RunConfig, plain_config: dict, quiet: bool = False) -> Run:
     """Start `cfg` in a new run folder; returns the folder read back. torch's determinism
     flags are set for the run (`run.deterministic`) and restored when it ends."""
+    from cl import distributed
     from cl.environment import determinism, threads
 
+    if distributed.join(cfg).world == 1 and cfg.run.nproc > 1:
+        raise UserError(
+            f"run.nproc={cfg.run.nproc} starts its ranks through `cl run` (torchrun); from "
+            "Python, start the script with torchrun instead"
+        )
     adapt = not cfg.run.deterministic  # a deterministic run's numbers must not follow the load
     with determinism(cfg.run.deterministic), threads(cfg.run.threads, adapt) as chosen:
         return _start(cfg, plain_config, quiet, chosen)
@@ -101,26 +109,55 @@ def _start(cfg: RunConfig, plain_config: dict, quiet: bool, chosen: dict) -> Run
     from cl.environment import environment
     from cl.wandb_sink import new_run_id
 
-    folder, made = create_run_folder(cfg.run.dir, cfg.run.name, default_name(cfg, plain_config))
-    lock = FolderLock(folder)  # before the cleanup below: a loser must not remove the folder
+    folder, made, lock = _claim(cfg, plain_config)
+    main = lock is not None  # over several ranks: rank 0 writes the folder, the others nothing
     try:
         state = build_state(cfg)
-        (folder / "plots").mkdir(exist_ok=True)
-        (folder / "config.yaml").write_text(config.to_yaml(config.OmegaConf.create(plain_config)))
-        write_json(
-            folder / "environment.json",
-            environment(cfg.seed, state.ctx.device, cfg.run.deterministic) | {"threads": chosen},
-        )
+        if main:
+            (folder / "plots").mkdir(exist_ok=True)
+            tree = config.OmegaConf.create(plain_config)
+            (folder / "config.yaml").write_text(config.to_yaml(tree))
+            env = environment(cfg.seed, state.ctx.device, cfg.run.deterministic)
+            env |= {"threads": chosen}
+            if state.ctx.collective.world > 1:  # threads and device are rank 0's
+                env["ranks"] = state.ctx.collective.world
+            write_json(folder / "environment.json", env)
         return _drive(cfg, plain_config, folder, state, new_run_id(), 0, quiet)
     except BaseException as e:
         metrics = folder / METRICS_FILE
+        if not main:
+            raise
         if not metrics.is_file() or metrics.stat().st_size == 0:  # failed before its first row
             remove_run_folder(folder, made)
         if isinstance(e, OSError):  # a full disk or an I/O error while setting up the folder
             raise UserError(f"cannot write the run folder {folder}: {os_error(e)}") from None
         raise
     finally:
-        lock.release()
+        if lock is not None:
+            lock.release()
+
+
+def _claim(cfg: RunConfig, plain_config: dict):
+    """(folder, made, lock) of a new run: rank 0 creates and locks the folder and the other
+    ranks get its path (lock None); UserError on every rank if it cannot."""
+    from cl import distributed
+
+    c = distributed.current()
+    folder = made = lock = error = None
+    if c.main:
+        try:
+            name = default_name(cfg, plain_config)
+            folder, made = create_run_folder(cfg.run.dir, cfg.run.name, name)
+            lock = FolderLock(folder)  # before any cleanup: a loser must not remove the folder
+        except UserError as e:
+            if c.world == 1:
+                raise
+            error = str(e)
+    if c.world > 1:
+        folder, error = c.broadcast((folder, error))
+        if error is not None:
+            raise UserError(error)
+    return folder, made, lock
 
 
 def resume(folder: str | Path, overrides=(), quiet: bool = False) -> Run:
@@ -136,9 +173,17 @@ def resume(folder: str | Path, overrides=(), quiet: bool = False) -> Run:
             f"({family.no_checkpoints}); start it again"
         )
     cfg, tree = config.load_saved(folder / "config.yaml", list(overrides))
+    from cl import distributed
     from cl.environment import determinism, threads
 
-    lock = FolderLock(folder)
+    c = distributed.join(cfg)  # over several ranks: rank 0 writes, the others read
+    if c.world == 1 and cfg.run.nproc > 1:
+        raise UserError(
+            f"{folder} runs over run.nproc={cfg.run.nproc} ranks: resume it with `cl run "
+            "--resume` (torchrun), or in this process with the override run.nproc=1"
+        )
+    main = c.main
+    lock = FolderLock(folder) if main else None
     try:
         count = cfg.run.threads or _started_with_threads(folder)  # same count: same numbers
         with determinism(cfg.run.deterministic), threads(count):  # before any GPU work
@@ -146,7 +191,8 @@ def resume(folder: str | Path, overrides=(), quiet: bool = False) -> Run:
     except OSError as e:  # a full disk or an I/O error before the run went on
         raise UserError(f"cannot resume {folder}: {os_error(e)}") from None
     finally:
-        lock.release()
+        if lock is not None:
+            lock.release()
 
 
 def _started_with_threads(folder: Path) -> int:
@@ -184,10 +230,11 @@ def _resume(folder: Path, cfg: RunConfig, plain_config: dict, quiet: bool) -> Ru
     if not (folder / METRICS_FILE).is_file():
         raise UserError(f"{folder} has no {METRICS_FILE}; it cannot be resumed")
     state = build_state(cfg, ckpt)
-    truncate_rows(folder / METRICS_FILE, rows)  # rows after the checkpoint come again
-    summary_path.unlink(missing_ok=True)
-    _note_resume(folder, state.ctx.iteration, str(state.ctx.device))
-    if not quiet:
+    if state.ctx.collective.main:
+        truncate_rows(folder / METRICS_FILE, rows)  # rows after the checkpoint come again
+        summary_path.unlink(missing_ok=True)
+        _note_resume(folder, state.ctx.iteration, str(state.ctx.device))
+    if not quiet and state.ctx.collective.main:
         print(f"resuming {folder} at iteration {state.ctx.iteration} ({rows} rows kept)")
     return _drive(cfg, plain_config, folder, state, ckpt["wandb_id"], rows, quiet, True)
 
@@ -200,6 +247,8 @@ def _restart(folder: Path, cfg: RunConfig, plain_config: dict, quiet: bool) -> R
     state = build_state(cfg)
     metrics = folder / METRICS_FILE
     dropped = len(read_rows(metrics)) if metrics.is_file() else 0
+    if not state.ctx.collective.main:
+        return _drive(cfg, plain_config, folder, state, "", 0, quiet, True)
     metrics.write_bytes(b"")
     (folder / SUMMARY_FILE).unlink(missing_ok=True)
     _note_resume(folder, 0, str(state.ctx.device))
@@ -294,6 +343,8 @@ def _drive(
     from cl.console import Progress, summary_table
 
     run_stream = plugins.family_of(cfg.strategy).driver()  # cl.runner's, or an add-on's loop
+    if not state.ctx.collective.main:
+        return _follow(run_stream, state, folder)
 
     began = time.perf_counter()
     store, wandb, log = open_sinks(cfg.wandb, plain_config, folder, run_id, rows, resumed)
@@ -311,11 +362,7 @@ def _drive(
     status, error, signum = "failed", None, None
     fault: OSError | None = None  # the full disk or I/O error that stopped the run
     with catch_stops() as stop:
-
-        def safe_point(boundary: bool) -> None:
-            saver(boundary, stop=stop.signum is not None)
-            if stop.signum is not None:
-                raise Interrupted(stop.signum)
+        safe_point = _safe_point(state, saver, stop, log)
 
         try:
             run_stream(state, log, progress, safe_point)
@@ -356,6 +403,7 @@ def _drive(
             code = {"finished": 0, "failed": 1}.get(status, 128 + int(signum or 0))
             for s in sinks:
                 s.close(code) if s is wandb else s.close()
+    state.ctx.collective.broadcast(code)  # the other ranks end when rank 0 has written
     if fault is not None:
         raise UserError(_fault_message(fault, folder, state.ctx.iteration, saver.saved_at))
     if not quiet:
@@ -367,6 +415,49 @@ def _drive(
     if error:
         raise RunFailed(error)
     return load_run(folder)
+
+
+def _safe_point(state, saver, stop, log):
+    """The runner's safe point: checkpoint when due, stop when asked. Over several ranks they
+    agree first (one small all-reduce: a stop or a checkpoint wanted on any rank), sum the
+    steps' parts since the last row, and rank 0 alone writes the checkpoint."""
+    from cl import distributed
+
+    c = state.ctx.collective
+    stop.ranks = c.world > 1  # a second stop does not stop one rank at once
+
+    def safe_point(boundary: bool) -> None:
+        if c.world == 1:
+            saver(boundary, stop=stop.signum is not None)
+            if stop.signum is not None:
+                raise Interrupted(stop.signum)
+            return
+        if boundary:
+            distributed.verify(state)  # every rank holds the same state
+        halt, want = c.any(stop.signum is not None, saver.due(boundary))
+        if want or (halt and saver.due(boundary, stop=True)):
+            state.monitor.sync()
+            if not c.main:
+                state.monitor.flush(log)  # as rank 0's checkpoint does: same state after
+            saver.save(write=c.main)
+        if halt:
+            raise Interrupted(stop.signum or signal.SIGTERM)
+
+    return safe_point
+
+
+def _follow(run_stream, state, folder: Path) -> None:
+    """A rank other than 0: the same run, writing nothing; ends when rank 0 has written."""
+    log = lambda row: None  # noqa: E731 - rank 0's rows are the run's
+    saver = checkpoint.Checkpointer(state, folder, dict)
+    with catch_stops() as stop:
+        try:
+            run_stream(state, log, None, _safe_point(state, saver, stop, log))
+        except (RunFailed, Interrupted, KeyboardInterrupt):
+            pass  # rank 0 says why
+        finally:
+            stop.finishing = True
+    state.ctx.collective.broadcast(0)
 
 
 def _try_write_summary(folder: Path, summary: dict) -> None:

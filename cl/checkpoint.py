@@ -200,13 +200,20 @@ class Checkpointer:
         self.saved_at: int | None = None  # iteration of the last checkpoint written
 
     def __call__(self, boundary: bool, stop: bool = False) -> None:
+        if self.due(boundary, stop):
+            self.save()
+
+    def due(self, boundary: bool, stop: bool = False) -> bool:
         r, it = self.run, self.state.ctx.iteration
         period = 60 * r.checkpoint_minutes
         late = period > 0 and time.monotonic() - self.last >= period
-        due = boundary or stop or it % r.checkpoint_every == 0 or late
-        if r.checkpoint and due:
+        return r.checkpoint and (boundary or stop or it % r.checkpoint_every == 0 or late)
+
+    def save(self, write: bool = True) -> None:
+        """Checkpoint now (`write=False`: only note it, for ranks that write nothing)."""
+        if write:
             self.write()
-            self.last, self.saved_at = time.monotonic(), it
+        self.last, self.saved_at = time.monotonic(), self.state.ctx.iteration
 
     def write(self) -> None:
         save(self.folder, self.make())

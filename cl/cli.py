@@ -7,7 +7,9 @@ User mistakes print one `error:` line and exit with code 2; a run that fails exi
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+from pathlib import Path
 
 from cl import __version__
 from cl.errors import RunFailed, UserError
@@ -174,19 +176,27 @@ def _list(what: str) -> None:
         print(f"\n{listing()}")
 
 
-def _run(args) -> None:
-    from cl import config
+def _run(args, argv: list[str]) -> int:
+    from cl import config, distributed, launch
 
     config.reject_repeats(args.overrides)
+    quiet = args.quiet or os.environ.get("RANK", "0") != "0"  # ranks but 0 print nothing
     if args.resume:
         from cl.api import resume
 
         if args.print_config:
             raise UserError("--print-config and --resume do not go together")
-        run = resume(args.resume, args.overrides, quiet=args.quiet)
+        if not distributed.under_torchrun():  # run.nproc=N: N ranks through torchrun
+            saved = Path(args.resume).expanduser() / "config.yaml"
+            if saved.is_file():
+                saved_cfg = config.load_saved(saved, args.overrides)[0]
+                if saved_cfg.run.nproc > 1:
+                    distributed.check(saved_cfg, saved_cfg.run.nproc)
+                    return launch.launch(saved_cfg.run.nproc, argv)
+        run = resume(args.resume, args.overrides, quiet=quiet)
         if args.quiet and run is not None:
             print(f"run {run.path}")  # -q: the folder, one line
-        return
+        return 0
     if args.print_config:
         tree = config.compose(args.overrides)
         missing = sorted(config.OmegaConf.missing_keys(tree))
@@ -195,16 +205,31 @@ def _run(args) -> None:
         print(config.to_yaml(tree), end="")
         if missing:
             print(f"note: ??? marks required options; set {', '.join(missing)}", file=sys.stderr)
-        return
+        return 0
     cfg, tree = config.load(args.overrides)
+    if cfg.run.nproc > 1 and not distributed.under_torchrun():
+        distributed.check(cfg, cfg.run.nproc)
+        return launch.launch(cfg.run.nproc, argv)
     from cl.api import start
 
-    run = start(cfg, config.as_plain(tree), quiet=args.quiet)
-    if args.quiet:
+    run = start(cfg, config.as_plain(tree), quiet=quiet)
+    if args.quiet and run is not None:
         print(f"run {run.path}")  # -q: the folder, one line
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
+    from cl import distributed, launch
+
+    argv = sys.argv[1:] if argv is None else list(argv)
+    code = _main(argv)
+    distributed.shutdown()
+    if launch.leave_status(code):  # a rank of `cl run run.nproc=N`, which says its code
+        return 0  # torchrun's failure report stays for ranks that die
+    return code
+
+
+def _main(argv: list[str]) -> int:
     parser = _parser()
     args, extra = parser.parse_known_args(argv)
     if extra and args.command in ("run", "sweep") and not any(a.startswith("-") for a in extra):
@@ -215,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "list":
             _list(args.what)
         elif args.command == "run":
-            _run(args)
+            return _run(args, argv)
         elif args.command == "report":
             from cl.report import build
 
@@ -249,7 +274,8 @@ def main(argv: list[str] | None = None) -> int:
             parser.print_help()
         return 0
     except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
+        if os.environ.get("RANK", "0") == "0":  # one line, not one per rank
+            print(f"error: {e}", file=sys.stderr)
         return e.exit_code
     except RunFailed as e:
         print(f"run failed: {e}", file=sys.stderr)

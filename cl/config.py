@@ -260,6 +260,7 @@ RESUME_KEYS = (
     "run.checkpoint_every",
     "run.checkpoint_minutes",
     "run.row_chunk",
+    "run.nproc",  # the global batch stays train.batch_size: N -> M ranks continue the same run
     "wandb.mode",
     "wandb.init_timeout",
 )

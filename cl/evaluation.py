@@ -6,6 +6,7 @@ from collections.abc import Callable
 
 import torch
 
+from cl.distributed import SINGLE
 from cl.models import forward
 from cl.streams import Stream
 
@@ -55,6 +56,10 @@ class Evaluator:
         self.mask = stream.class_mask(device) if stream.task_incremental else None
         self.batch_size = batch_size
         self.hook: InferenceHook | None = None
+        # over several ranks (cl/distributed.py) each scores its share of the scored samples;
+        # the sums meet in one all-reduce; per-sample `hits` are gathered only if `want_hits`
+        self.collective = SINGLE
+        self.want_hits = True
 
     @property
     def n_tasks(self) -> int:
@@ -69,15 +74,24 @@ class Evaluator:
 
     def device(self, model: torch.nn.Module, n: int) -> tuple[torch.Tensor, torch.Tensor]:
         """As `__call__`, left on the device: ((2, n) float64 accuracies and losses, hits)."""
+        stats, hits, _ = self.evaluate(model, n)
+        return stats, hits
+
+    def evaluate(self, model: torch.nn.Module, n: int, extra: torch.Tensor | None = None):
+        """As `device`, and `extra` (a (k, 2) tensor, or None) summed over the ranks in the
+        same all-reduce as the evaluation's sums: (stats, hits, extra). Over several ranks
+        `hits` is None unless `want_hits` (then gathered from every rank)."""
         end = self.ends[n - 1]
+        c = self.collective
+        share = c.shard(end)
         was_training = model.training
         model.eval()
         try:
             with torch.inference_mode():
                 sums = torch.zeros(n, 2, device=self.x.device, dtype=torch.float64)
                 hits = []
-                for start in range(0, end, self.batch_size):
-                    sl = slice(start, min(end, start + self.batch_size))
+                for start in range(share.start, share.stop, self.batch_size):
+                    sl = slice(start, min(share.stop, start + self.batch_size))
                     if self.hook is None:
                         out = model(self.x[sl])
                     else:
@@ -89,7 +103,31 @@ class Evaluator:
                     hits.append(out.argmax(1) == y)
                     hit_ce = torch.stack([hits[-1], per_sample_ce(out, y)], 1)
                     sums.index_add_(0, task, hit_ce.double())
+                hits = hits[0] if len(hits) == 1 else torch.cat(hits) if hits else None
+                if c.world > 1:
+                    if extra is not None:
+                        sums = torch.cat([sums, extra.to(sums)])
+                    sums = c.all_reduce_sum(sums)
+                    sums, extra = sums[:n], (None if extra is None else sums[n:])
+                    hits = self._gather(hits, end) if self.want_hits else None
                 stats = (sums / self.sizes[:n, None]).T
         finally:
             model.train(was_training)
-        return stats, hits[0] if len(hits) == 1 else torch.cat(hits)
+        return stats, hits, extra
+
+    def _gather(self, hits: torch.Tensor | None, end: int) -> torch.Tensor:
+        """Every rank's hits over the first `end` samples, in order (shares padded to one
+        size for the all-gather)."""
+        c = self.collective
+        size = -(-end // c.world)
+        padded = torch.zeros(size, dtype=torch.bool, device=self.x.device)
+        if hits is not None:
+            padded[: len(hits)] = hits
+        parts = c.all_gather(padded.to(torch.uint8))
+        return torch.cat(
+            [p[: len(range(end)[_share(end, r, c.world)])] for r, p in enumerate(parts)]
+        ).bool()
+
+
+def _share(n: int, rank: int, world: int) -> slice:
+    return slice(n * rank // world, n * (rank + 1) // world)

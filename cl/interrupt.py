@@ -6,6 +6,7 @@ The first signal asks the run to checkpoint after the current iteration and stop
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 import threading
@@ -40,16 +41,27 @@ class StopRequest:
         self.signum: int | None = None
         self.finishing = False  # writing the run's outputs: signals only print a note
         self.what = what
+        # a rank of a run over several (cl/distributed.py): a rank may get a stop twice (the
+        # terminal's and torchrun's); all stop together at the next safe point, and torchrun
+        # kills ranks that have not ended 30 s after it passed the stop on
+        self.ranks = False
 
     def handle(self, signum: int, frame) -> None:
         if self.finishing:
             print("finishing the run folder; please wait", file=sys.stderr, flush=True)
             return
         if self.signum is not None:
+            if self.ranks:
+                return
             raise Interrupted(signum)
         self.signum = signum
+        if self.ranks and os.environ.get("RANK", "0") != "0":
+            return  # rank 0 says it
+        again = "send it again to stop at once"
+        if self.ranks:
+            again = "torchrun kills ranks still running 30 s after passing it on"
         print(
-            f"\n{signal.Signals(signum).name}: {self.what}; send it again to stop at once",
+            f"\n{signal.Signals(signum).name}: {self.what}; {again}",
             file=sys.stderr,
             flush=True,
         )

@@ -96,6 +96,12 @@ class Monitor:
         self.copy = HostCopy()
         self.pending: list[tuple] = []  # rows waiting for the host copy
         self.steps: list[Step] = []  # steps since the last row, for the `on_host` trackers
+        # over several ranks: each step's loss and online count are the rank's parts until
+        # summed (`sync`: with the row's evaluation, or before a checkpoint); `synced` of
+        # `steps` are summed
+        self.collective = self.evaluator.collective = ctx.collective
+        self.evaluator.want_hits = any(n in self.trackers for n in ("example_forgetting", "nfr"))
+        self.synced = 0
 
     @property
     def record(self) -> Record:
@@ -121,7 +127,8 @@ class Monitor:
         appended to it); `log` gets the queued rows, in order, once `chunk` are waiting."""
         k = ctx.experience
         n_eval = self.stream.n_tasks if boundary or self.unseen else k + 1
-        stats, hits = self.evaluator.device(ctx.model, n_eval)
+        stats, hits, parts = self.evaluator.evaluate(ctx.model, n_eval, self._parts())
+        self._summed(parts)
         ends = self.evaluator.ends
         ev = Evaluation(ctx.model, k, ctx.iteration, boundary, stats, None, hits, ends)
         parts = {  # the device-side trackers' parts, measured on the model as it is now
@@ -129,15 +136,40 @@ class Monitor:
         }
         head = {"iteration": ctx.iteration, "experience": k, "epoch": epoch}
         self.pending.append((head, ev, self.steps, parts, extra or {}))
-        self.steps = []
+        self.steps, self.synced = [], 0
         if len(self.pending) >= self.chunk:
             self.flush(log)
+
+    def _parts(self) -> torch.Tensor | None:
+        """(steps not yet summed, 2) float64: each one's loss and online count on this rank
+        (None on one rank, or when there are none)."""
+        todo = self.steps[self.synced :]
+        if self.collective.world == 1 or not todo:
+            return None
+        return torch.stack([torch.stack([s.loss.double(), s.correct.double()]) for s in todo])
+
+    def _summed(self, parts: torch.Tensor | None) -> None:
+        """Replace the steps' parts by the global loss (the ranks' mean: each rank's loss is
+        its share's part of the global mean) and count."""
+        if parts is None:
+            return
+        world = self.collective.world
+        for s, (loss, correct) in zip(self.steps[self.synced :], parts, strict=True):
+            s.loss, s.correct = loss / world, correct.round().long()
+        self.synced = len(self.steps)
+
+    def sync(self) -> None:
+        """Sum the steps' parts over the ranks now (every rank calls it: before a checkpoint
+        or a stop, which hold the steps since the last row)."""
+        parts = self._parts()
+        if parts is not None:
+            self._summed(self.collective.all_reduce_sum(parts))
 
     def flush(self, log) -> None:
         """Copy the queued rows' device values to the host in one transfer, finish the rows
         and `log` them in order (also feeds the `on_host` trackers the steps since)."""
         pending, steps = self.pending, self.steps
-        self.pending, self.steps = [], []
+        self.pending, self.steps, self.synced = [], [], 0
         refs = [(ev, "accs") for _, ev, *_ in pending]  # (holder, key) of each device value
         for _, _, row_steps, parts, _ in pending:
             refs += [(s, key) for s in row_steps for key in ("loss", "correct")]

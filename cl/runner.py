@@ -80,10 +80,12 @@ def train_step(ctx: Context, strategies: list[Strategy], batch: Batch, grad_norm
     """Forward, loss (task + strategy terms), backward, step.
 
     Returns (loss, online correct count, gradient norm before any gradient surgery or None,
-    the strategies' `metrics()` as {"strategy/<name>/<key>": value}).
+    the strategies' `metrics()` as {"strategy/<name>/<key>": value}). Over several ranks the
+    loss and count are this rank's parts (the monitor sums them over the ranks at row time).
     """
+    batch = ctx.shard(batch)  # this rank's share (the batch itself on one rank)
     with torch.autocast(ctx.device.type, torch.bfloat16, enabled=ctx.amp):
-        output, ctx.features = forward(ctx.model, batch.x)
+        output, ctx.features = forward(ctx.model, batch.x) if ctx.ddp is None else ctx.ddp(batch.x)
         logits = ctx.logits(output, batch.task)
         loss = ctx.task_loss(logits, batch)
     for s in strategies:

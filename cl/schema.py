@@ -119,6 +119,8 @@ class RunSection:
     compile: bool = False  # torch.compile the model's top-level blocks (slow first iterations)
     threads: int = 0  # torch's CPU threads (0 = auto: the cores free at the start; README)
     row_chunk: int = 0  # rows copied to the host at once (0 = auto: 50 on CUDA, 1 on CPU)
+    nproc: int = 1  # ranks (processes) of the run on this machine: torch.distributed, README
+    sync_bn: bool = True  # several ranks: batch norm over the global batch (SyncBatchNorm, CUDA)
 
 
 @dataclass

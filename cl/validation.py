@@ -93,6 +93,7 @@ def validate(cfg: DictConfig) -> RunConfig:
     _int_in("plasticity.probe_every", cfg.plasticity.probe_every, 0, MAX_INT, "an integer >= 0")
     _int_in("run.threads", cfg.run.threads, 0, 4096, "an integer >= 0 (0 = auto)")
     _int_in("run.row_chunk", cfg.run.row_chunk, 0, MAX_INT, "an integer >= 0 (0 = auto)")
+    _int_in("run.nproc", cfg.run.nproc, 1, 4096, "an integer >= 1")
     ef = cfg.metrics.example_forgetting
     _int_in("metrics.example_forgetting.train_probe", ef.train_probe, 0, MAX_INT, "an integer >= 0")
     _int_in("metrics.example_forgetting.window", ef.window, 0, MAX_INT, "an integer >= 0")

@@ -9,7 +9,6 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from torch.nn import functional as F
 
 from cl.context import Context
 from cl.strategy import Strategy
@@ -98,10 +97,7 @@ class AGEM(Strategy):
         """g_ref on `ref` = (x, y, task) (default: `reference_batch`), one tensor per parameter
         (zeros for parameters the loss does not reach)."""
         x, y, task = ref or self.reference_batch(ctx)
-        logits = ctx.logits(ctx.model(x), task)
-        params = list(ctx.model.parameters())
-        gs = torch.autograd.grad(F.cross_entropy(logits, y), params, allow_unused=True)
-        return [torch.zeros_like(p) if g is None else g for p, g in zip(params, gs, strict=True)]
+        return ctx.mean_gradient(x, y, task, list(ctx.model.parameters()))  # sharded over ranks
 
     def after_backward(self, ctx: Context) -> None:
         self.stats = {}

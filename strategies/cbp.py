@@ -125,9 +125,10 @@ class ContinualBackprop(Strategy):
             n = layer.weight.shape[0]
             h = h.transpose(0, 1).reshape(n, -1)
             w_out = nxt.weight.view(nxt.weight.shape[0], n, -1)
-            util = h.abs().mean(1) * w_out.abs().sum((0, 2))
+            h_abs, h_mean = self._means(ctx, h)
+            util = h_abs * w_out.abs().sum((0, 2))
             s["util"][j].mul_(eta).add_((1 - eta) * util)
-            s["mean"][j].mul_(eta).add_((1 - eta) * h.mean(1))
+            s["mean"][j].mul_(eta).add_((1 - eta) * h_mean)
             s["age"][j] += 1
             mature = torch.nonzero(s["age"][j] > self.maturity).flatten()
             if len(mature) == 0:
@@ -145,6 +146,17 @@ class ContinualBackprop(Strategy):
             self._replace(ctx, layer, nxt, norms, r, w_out)
             for key in ("util", "mean", "age"):
                 s[key][j][r] = 0
+
+    @staticmethod
+    def _means(ctx: Context, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per unit (rows of `h`), the mean |activation| and mean activation over the batch:
+        over all ranks' shares (summed), so every rank replaces the same units."""
+        c = ctx.collective
+        if c.world == 1:
+            return h.abs().mean(1), h.mean(1)
+        count = h.new_full((len(h),), h.shape[1])
+        sums = c.all_reduce_sum(torch.stack([h.abs().sum(1), h.sum(1), count]))
+        return sums[0] / sums[2], sums[1] / sums[2]
 
     def _replace(self, ctx, layer, nxt, norms, r, w_out) -> None:
         fan_in = layer.weight[0].numel()

@@ -67,7 +67,7 @@ class CenterLoss(Strategy):
         self._batch = (phi.detach(), batch.y)
         keep = self.has_center[batch.y].float()
         dist = 0.5 * ((phi - self.centers[batch.y]) ** 2).sum(1)
-        return self.weight * (dist * keep).sum() / len(batch.y)
+        return self.weight * ctx.sample_mean(dist * keep)  # over all ranks' samples
 
     def after_backward(self, ctx: Context) -> None:
         if not self.freeze_head or ctx.experience == 0:
@@ -84,11 +84,14 @@ class CenterLoss(Strategy):
         self._batch = None
         sel = self.learning[y]
         phi, y = phi[sel], y[sel]
-        if len(y) == 0:
-            return
         n = len(self.centers)
         count = torch.bincount(y, minlength=n).to(phi.dtype)
         total = torch.zeros_like(self.centers).index_add_(0, y, phi)
+        if ctx.collective.world > 1:  # the batch's sums over all ranks' shares
+            both = ctx.collective.all_reduce_sum(torch.cat([count[:, None], total], 1))
+            count, total = both[:, 0], both[:, 1:]
+        if count.sum() == 0:
+            return
         delta = (count[:, None] * self.centers - total) / (1 + count[:, None])
         self.centers -= self.alpha * delta
 

@@ -112,7 +112,15 @@ class GEM(Strategy):
 
     def memory_grads(self, ctx: Context, mem=None) -> list[torch.Tensor]:
         """Per parameter, (past tasks, *shape): row k = grad of task k's mean memory loss."""
-        return task_gradients(ctx.model, *(mem or self.memories(ctx)), ctx.logits)
+        x, y, sizes, tasks = mem or self.memories(ctx)
+        if ctx.collective.world == 1:
+            return task_gradients(ctx.model, x, y, sizes, tasks, ctx.logits)
+        params = list(ctx.model.parameters())  # over ranks: each its share of every memory
+        per_task = [
+            ctx.mean_gradient(x_k, y_k, torch.full_like(y_k, t), params)
+            for x_k, y_k, t in zip(x.split(list(sizes)), y.split(list(sizes)), tasks, strict=True)
+        ]
+        return [torch.stack(column) for column in zip(*per_task, strict=True)]
 
     def after_backward(self, ctx: Context) -> None:
         self.stats = {}

@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from cl.context import Batch
+from cl.context import Batch, Context
+from cl.distributed import SINGLE
 from strategies.center_loss import CenterLoss
 
 
@@ -21,6 +22,9 @@ class Model:
 
 
 class Ctx:
+    collective = SINGLE  # one process (cl/distributed.py)
+    sample_mean = Context.sample_mean
+
     def __init__(self, experiences):
         self.model, self.device, self.experience = Model(), torch.device("cpu"), 0
         self.stream = type("S", (), {"experiences": [Exp(c) for c in experiences]})()

@@ -6,6 +6,8 @@ import torch
 from scipy.optimize import minimize
 
 import cl
+from cl.context import Context
+from cl.distributed import SINGLE
 from cl.models import MLP
 from strategies.agem import AGEM, project
 from strategies.gem import GEM, dual_weights
@@ -85,6 +87,9 @@ def memories(gem, n_tasks, n=32, seed=0, sizes=None):
 
 
 class Ctx:
+    collective = SINGLE  # one process (cl/distributed.py)
+    mean_gradient = Context.mean_gradient
+
     def __init__(self, model, class_mask=None):
         self.model, self.class_mask, self.generator = model, class_mask, None
 

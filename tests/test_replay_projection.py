@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from cl import api, config
-from cl.context import Batch
+from cl.context import Batch, Context
+from cl.distributed import SINGLE
 from cl.runner import run_stream
 from strategies.agem import AGEM
 from strategies.gem import GEM, dual_weights
@@ -38,6 +39,9 @@ def one_thread():
 
 
 class Ctx:  # what the projection hooks read
+    collective = SINGLE  # one process (cl/distributed.py)
+    mean_gradient = Context.mean_gradient
+
     def __init__(self, model, replayed=None, experience=1):
         self.model, self.replayed, self.experience = model, replayed, experience
         self.generator, self.memory = None, None

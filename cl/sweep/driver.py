@@ -42,6 +42,7 @@ class Options:
     metric: str = "acc"
     slurm: dict[str, Any] = field(default_factory=dict)  # sweep.slurm.* (cl/sweep/slurm.py)
     max_trials: int = MAX_TRIALS  # more trials are refused before any work
+    devices_per_trial: int = 1  # Ray: each trial one run over this many ranks (run.nproc)
 
 
 def cores() -> int:
@@ -83,6 +84,13 @@ def check_options(o: Options) -> None:
         v = getattr(o, key)
         if v is not None and not positive_int(v):
             raise UserError(f"sweep.{key}={v!r} must be a positive integer")
+    if not positive_int(o.devices_per_trial):
+        raise UserError(f"sweep.devices_per_trial={o.devices_per_trial!r} must be >= 1")
+    if o.devices_per_trial > 1 and o.executor != "ray":
+        raise UserError(
+            f"sweep.devices_per_trial={o.devices_per_trial} needs sweep.executor=ray (each "
+            "trial one run over that many ranks); other executors run a trial in one process"
+        )
     if not positive_int(o.max_trials):
         raise UserError(f"sweep.max_trials={o.max_trials!r} must be a positive integer")
     if not isinstance(o.retries, int) or o.retries < 0:
@@ -168,11 +176,26 @@ def validate_trials(spec: dict) -> None:
         if rest in valid and plain_seed(trial["values"].get("seed")):
             continue
         try:
-            config.load(trial_overrides(spec, trial))
+            cfg, _ = config.load(trial_overrides(spec, trial))
+            if cfg.run.nproc > 1:
+                raise UserError(_ranks_refused(spec, cfg.run.nproc))
         except UserError as e:
             shown = " ".join(f"{k}={v}" for k, v in trial["values"].items())
             raise UserError(f"trial {trial['name']} ({shown}): {e}") from None
         valid.add(rest)
+
+
+def _ranks_refused(spec: dict, nproc: int) -> str:
+    """Why a sweep's trial cannot run over `nproc` ranks."""
+    if spec.get("options", {}).get("executor") == "vectorized":
+        return (
+            f"run.nproc={nproc} and sweep.executor=vectorized: a run uses either the member "
+            "axis (seeds as one stacked model) or ranks, not both"
+        )
+    return (
+        f"run.nproc={nproc}: a sweep sets the trials' ranks itself; use sweep.executor=ray "
+        f"sweep.devices_per_trial={nproc}, or run it alone with `cl run run.nproc={nproc}`"
+    )
 
 
 def plain_seed(text: str | None) -> bool:
@@ -288,6 +311,8 @@ def execute(data: dict, options: Options, quiet: bool) -> int:
     for trial in data["trials"]:
         last = states.get(trial["name"], {})
         job = next_job(path, data, trial, last, threads)
+        if job is not None and options.devices_per_trial > 1:
+            job["ranks"] = options.devices_per_trial  # run over that many ranks (torchrun)
         if job is not None:
             queue.append(job)
             journal(trial["name"], "queued", attempt=job["attempt"], mode=job["mode"])
@@ -299,7 +324,7 @@ def execute(data: dict, options: Options, quiet: bool) -> int:
 
         cfg, _ = config.load(trial_overrides(data, data["trials"][0]))
         gpus = 1.0 if cfg.run.device.startswith("cuda") else 0.0  # auto: CPU on Ray
-        pool = RayPool(options.address, options.workers, threads, gpus)
+        pool = RayPool(options.address, options.workers, threads, gpus, options.devices_per_trial)
     elif options.executor == "slurm":
         from cl.sweep.slurm import SlurmPool
 

@@ -29,6 +29,8 @@ def run_trial(job: dict[str, Any]) -> dict[str, Any]:
 
         return {"status": "group", "results": run_group(job["group"])}
     result: dict[str, Any] = {"status": "failed", "error": None}
+    if job.get("ranks", 1) > 1:  # sweep.devices_per_trial: `cl run run.nproc=N` (torchrun)
+        return run_ranks(job, began)
     run_s = 0.0
     try:
         import torch
@@ -53,6 +55,22 @@ def run_trial(job: dict[str, Any]) -> dict[str, Any]:
         run_s = time.perf_counter() - began
     result["overhead_s"] = round(time.perf_counter() - began - run_s, 4)
     return result
+
+
+def run_ranks(job: dict[str, Any], began: float) -> dict[str, Any]:
+    """One trial as a run over `job["ranks"]` ranks on this node (cl/distributed.py)."""
+    from cl import launch
+
+    n = job["ranks"]
+    if job["mode"] == "resume":
+        argv = ["run", "--resume", job["run_dir"], "-q"]
+    else:
+        last = {o.split("=", 1)[0]: o for o in job["overrides"]}  # the CLI takes a key once
+        argv = ["run", *last.values(), f"run.nproc={n}", "-q"]
+    code = launch.launch(n, argv, job["threads"])  # a cancel: they stop at a safe point
+    status = {0: "finished", 130: "interrupted", 143: "interrupted"}.get(code, "failed")
+    error = None if status != "failed" else f"the {n}-rank run exited with code {code}"
+    return {"status": status, "error": error, "overhead_s": round(time.perf_counter() - began, 4)}
 
 
 # --- local: warm worker processes -----------------------------------------------------------
@@ -164,7 +182,9 @@ class RayPool:
     runs the same `run_trial` as a local worker; Ray reuses its worker processes, so they stay
     warm between trials."""
 
-    def __init__(self, address: str | None, workers: int | None, threads: int, gpus: float):
+    def __init__(
+        self, address: str | None, workers: int | None, threads: int, gpus: float, ranks: int = 1
+    ):
         import ray
 
         self.ray = ray
@@ -174,8 +194,10 @@ class RayPool:
         else:
             ray.init(num_cpus=os.cpu_count(), **kwargs)
         cpus = int(ray.cluster_resources().get("CPU", 1))
-        self.capacity = workers or max(1, cpus // threads)
-        self.task = ray.remote(num_cpus=threads, num_gpus=gpus, max_retries=0)(run_trial)
+        self.capacity = workers or max(1, cpus // (threads * ranks))
+        # sweep.devices_per_trial: the task holds every rank's CPUs and GPUs (one node)
+        task = ray.remote(num_cpus=threads * ranks, num_gpus=gpus * ranks, max_retries=0)
+        self.task = task(run_trial)
         self.running: dict[Any, dict] = {}
 
     def submit(self, job: dict[str, Any]) -> None:

@@ -26,6 +26,7 @@ from cl.errors import UserError
 
 SWEEP_KEYS = (
     "name", "dir", "workers", "threads", "executor", "address", "retries", "metric", "max_trials",
+    "devices_per_trial",
 )  # fmt: skip
 MAX_TRIALS = 10_000  # a larger sweep is refused unless sweep.max_trials is raised
 IGNORED = ("program", "command", "early_terminate", "description")
