@@ -18,7 +18,7 @@ from cl import checkpoint, config, outputs, plugins
 from cl.errors import RunFailed, UserError
 from cl.interrupt import Interrupted, catch_stops
 from cl.naming import default_name, title
-from cl.schema import RunConfig, WandbConfig
+from cl.schema import RunConfig, RunSection, WandbConfig
 from cl.store import (
     METRICS_FILE,
     SUMMARY_FILE,
@@ -344,7 +344,7 @@ def _drive(
 
     run_stream = plugins.family_of(cfg.strategy).driver()  # cl.runner's, or an add-on's loop
     if not state.ctx.collective.main:
-        return _follow(run_stream, state, folder)
+        return _follow(run_stream, state, folder, cfg.run)
 
     began = time.perf_counter()
     store, wandb, log = open_sinks(cfg.wandb, plain_config, folder, run_id, rows, resumed)
@@ -446,10 +446,11 @@ def _safe_point(state, saver, stop, log):
     return safe_point
 
 
-def _follow(run_stream, state, folder: Path) -> None:
-    """A rank other than 0: the same run, writing nothing; ends when rank 0 has written."""
+def _follow(run_stream, state, folder: Path, run: RunSection) -> None:
+    """A rank other than 0: the same run, writing nothing; ends when rank 0 has written
+    (`run`: the config's `run` section, whose checkpoint schedule every rank keeps)."""
     log = lambda row: None  # noqa: E731 - rank 0's rows are the run's
-    saver = checkpoint.Checkpointer(state, folder, dict)
+    saver = checkpoint.Checkpointer(state, folder, dict, run)
     with catch_stops() as stop:
         try:
             run_stream(state, log, None, _safe_point(state, saver, stop, log))
