@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from tiny import TINY
 
 import cl
 from cl.context import Batch, Context
@@ -24,11 +25,7 @@ from cl.store import read_rows
 
 HELPER = Path(__file__).parent / "helpers" / "signal_rank.py"
 BASE = [
-    "run.progress=false",
-    "wandb.mode=disabled",
-    "benchmark.source=digits",
-    "benchmark.n_tasks=3",
-    "model.hidden=[32]",
+    *TINY,
     "train.epochs=1",
     "train.batch_size=25",  # the epochs' last batches do not split evenly over 2 ranks
     "eval.subset=101",  # nor do the evaluation subsets

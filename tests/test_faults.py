@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from tiny import TINY
 
 import cl.checkpoint
 import cl.store
@@ -26,11 +27,7 @@ from cl.store import load_run, read_rows
 
 PAUSE = Path(__file__).parent / "helpers" / "pause_at.py"
 BASE = [
-    "run.progress=false",
-    "wandb.mode=disabled",
-    "benchmark.source=digits",
-    "benchmark.n_tasks=3",
-    "model.hidden=[32]",
+    *TINY,
     "train.epochs=2",
     "eval.subset=100",
     "run.checkpoint_every=7",

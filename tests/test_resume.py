@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from tiny import TINY
 
 import cl
 from cl import api
@@ -26,11 +27,7 @@ from cl.store import read_rows
 
 HELPER = Path(__file__).parent / "helpers" / "kill_at.py"
 BASE = [
-    "run.progress=false",
-    "wandb.mode=disabled",
-    "benchmark.source=digits",
-    "benchmark.n_tasks=3",
-    "model.hidden=[32]",
+    *TINY,
     "train.epochs=2",  # kills land mid-epoch of a multi-epoch experience too
     "eval.subset=100",
     "plasticity.every=5",
