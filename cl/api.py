@@ -1,29 +1,25 @@
 """One run, started or resumed: build its state, wire the sinks, drive the runner, write the
 outputs. `start` and `resume` differ only in where the state comes from (a fresh build or the
-run folder's checkpoint); both hand it to `_drive`, the only place that wires sinks.
+run folder's checkpoint); both hand it to `cl.drive.drive`, the only place that wires sinks.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
-import signal
 import socket
 import sys
-import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from cl import checkpoint, config, outputs, plugins
-from cl.errors import RunFailed, UserError
-from cl.interrupt import Interrupted, catch_stops
-from cl.naming import default_name, title
-from cl.schema import RunConfig, RunSection, WandbConfig
+from cl import checkpoint, config, plugins
+from cl.drive import drive
+from cl.errors import UserError
+from cl.naming import default_name
+from cl.schema import RunConfig
 from cl.store import (
     METRICS_FILE,
     SUMMARY_FILE,
     FolderLock,
-    LocalStore,
     Run,
     create_run_folder,
     load_run,
@@ -122,7 +118,7 @@ def _start(cfg: RunConfig, plain_config: dict, quiet: bool, chosen: dict) -> Run
             if state.ctx.collective.world > 1:  # threads and device are rank 0's
                 env["ranks"] = state.ctx.collective.world
             write_json(folder / "environment.json", env)
-        return _drive(cfg, plain_config, folder, state, new_run_id(), 0, quiet)
+        return drive(cfg, plain_config, folder, state, new_run_id(), 0, quiet)
     except BaseException as e:
         metrics = folder / METRICS_FILE
         if not main:
@@ -236,7 +232,7 @@ def _resume(folder: Path, cfg: RunConfig, plain_config: dict, quiet: bool) -> Ru
         _note_resume(folder, state.ctx.iteration, str(state.ctx.device))
     if not quiet and state.ctx.collective.main:
         print(f"resuming {folder} at iteration {state.ctx.iteration} ({rows} rows kept)")
-    return _drive(cfg, plain_config, folder, state, ckpt["wandb_id"], rows, quiet, True)
+    return drive(cfg, plain_config, folder, state, ckpt["wandb_id"], rows, quiet, True)
 
 
 def _restart(folder: Path, cfg: RunConfig, plain_config: dict, quiet: bool) -> Run:
@@ -248,7 +244,7 @@ def _restart(folder: Path, cfg: RunConfig, plain_config: dict, quiet: bool) -> R
     metrics = folder / METRICS_FILE
     dropped = len(read_rows(metrics)) if metrics.is_file() else 0
     if not state.ctx.collective.main:
-        return _drive(cfg, plain_config, folder, state, "", 0, quiet, True)
+        return drive(cfg, plain_config, folder, state, "", 0, quiet, True)
     metrics.write_bytes(b"")
     (folder / SUMMARY_FILE).unlink(missing_ok=True)
     _note_resume(folder, 0, str(state.ctx.device))
@@ -258,7 +254,7 @@ def _restart(folder: Path, cfg: RunConfig, plain_config: dict, quiet: bool) -> R
         file=sys.stderr,
     )
     run_id = _wandb_run_id(folder) or new_run_id()
-    return _drive(cfg, plain_config, folder, state, run_id, 0, quiet, True)
+    return drive(cfg, plain_config, folder, state, run_id, 0, quiet, True)
 
 
 def _wandb_run_id(folder: Path) -> str | None:
@@ -289,193 +285,3 @@ def _note_resume(folder: Path, iteration: int, device: str) -> None:
     note |= {"iteration": iteration, "determinism": determinism_flags()}
     env.setdefault("resumes", []).append(note)
     write_json(path, env)
-
-
-def open_sinks(
-    options: WandbConfig,
-    plain_config: dict,
-    folder: Path,
-    run_id: str,
-    rows: int = 0,
-    resumed: bool = False,
-):
-    """(local store, W&B sink or None, log) for the run folder; `log(row)` feeds both.
-    `options`: the config's `wandb` section; `plain_config`: the config W&B records. `rows`:
-    rows the folder already holds; `resumed`: an earlier process of the run may have sent
-    rows to W&B (also when it is run again from the beginning, with `rows` 0)."""
-    store = LocalStore(folder, rows)
-    sinks: list = [store]
-    wandb = None
-    if options.mode != "disabled":
-        from cl.wandb_sink import WandbSink, rows_held
-
-        held = rows_held(folder / "wandb", run_id) if resumed else 0  # before this process's W&B
-        try:
-            wandb = WandbSink(options, folder, folder.name, plain_config, run_id)
-        except Exception as e:  # noqa: BLE001
-            store.close()
-            raise UserError(
-                f"W&B could not start ({str(e).splitlines()[0] if str(e) else type(e).__name__})"
-                "; check the wandb.* settings, or set wandb.mode=disabled"
-            ) from None
-        if resumed:
-            wandb.resume_at(rows, held, lambda: read_rows(store.path))
-        sinks.append(wandb)
-
-    def log(row: dict) -> None:
-        for s in sinks:
-            s.log(row)
-
-    return store, wandb, log
-
-
-def _drive(
-    cfg,
-    plain_config,
-    folder: Path,
-    state,
-    run_id: str,
-    rows: int,
-    quiet: bool,
-    resumed: bool = False,
-) -> Run:
-    """Open the sinks, run the stream from the state's cursor, write the outputs."""
-    from cl.console import Progress, summary_table
-
-    run_stream = plugins.family_of(cfg.strategy).driver()  # cl.runner's, or an add-on's loop
-    if not state.ctx.collective.main:
-        return _follow(run_stream, state, folder, cfg.run)
-
-    began = time.perf_counter()
-    store, wandb, log = open_sinks(cfg.wandb, plain_config, folder, run_id, rows, resumed)
-    sinks = [store] if wandb is None else [store, wandb]
-    digest = checkpoint.config_digest(folder)
-
-    def snapshot() -> dict:  # at a chunk boundary: the queued rows go out first
-        state.monitor.flush(log)
-        return checkpoint.state_dict(state, store.rows, run_id, digest)
-
-    saver = checkpoint.Checkpointer(state, folder, snapshot, cfg.run)
-    if rows:  # resumed: the folder's checkpoint is where this state came from
-        saver.saved_at = state.ctx.iteration
-    progress = Progress(cfg.run.progress and not quiet)
-    status, error, signum = "failed", None, None
-    fault: OSError | None = None  # the full disk or I/O error that stopped the run
-    with catch_stops() as stop:
-        safe_point = _safe_point(state, saver, stop, log)
-
-        try:
-            run_stream(state, log, progress, safe_point)
-            status = "finished"
-        except RunFailed as e:
-            error = str(e)
-        except OSError as e:  # the disk filled up, the file system went read-only ...
-            fault, error = e, f"stopped by the environment: {os_error(e)}"
-        except (Interrupted, KeyboardInterrupt) as e:
-            status, signum = "interrupted", getattr(e, "signum", signal.SIGINT)
-        except BaseException as e:
-            error = f"{type(e).__name__}: {e}"
-            raise
-        finally:
-            stop.finishing = True
-            if fault is None:  # rows queued before a stop, Ctrl-C or error (best effort)
-                with contextlib.suppress(Exception):
-                    state.monitor.flush(log)
-            progress.close()
-            wall = time.perf_counter() - began
-            summary = outputs.summary(state, status, error, wall, cfg.run.deterministic)
-            if status == "interrupted":
-                summary["checkpoint_iteration"] = saver.saved_at
-                if saver.saved_at is not None:  # no checkpoint (an Avalanche strategy): no resume
-                    summary["resume"] = f"cl run --resume {folder}"
-            try:
-                outputs.write_tables(folder, state)
-                outputs.write(folder, summary, wandb, title(cfg), cfg.run, status == "finished")
-            except OSError as e:  # the outputs cannot be written: the run failed after all
-                e.filename = e.filename or str(folder)
-                fault, status = fault or e, "failed"
-                summary.update(
-                    status=status,
-                    complete=False,
-                    error=f"stopped by the environment: {os_error(fault)}",
-                )
-                _try_write_summary(folder, summary)
-            code = {"finished": 0, "failed": 1}.get(status, 128 + int(signum or 0))
-            for s in sinks:
-                s.close(code) if s is wandb else s.close()
-    state.ctx.collective.broadcast(code)  # the other ranks end when rank 0 has written
-    if fault is not None:
-        raise UserError(_fault_message(fault, folder, state.ctx.iteration, saver.saved_at))
-    if not quiet:
-        print(summary_table(summary, f"run {folder}"))
-        if (folder / "report.html").is_file():
-            print(f"report {folder / 'report.html'}")
-    if status == "interrupted":
-        raise Interrupted(signum, folder, saver.saved_at)
-    if error:
-        raise RunFailed(error)
-    return load_run(folder)
-
-
-def _safe_point(state, saver, stop, log):
-    """The runner's safe point: checkpoint when due, stop when asked. Over several ranks they
-    agree first (one small all-reduce: a stop or a checkpoint wanted on any rank), sum the
-    steps' parts since the last row, and rank 0 alone writes the checkpoint."""
-    from cl import distributed
-
-    c = state.ctx.collective
-    stop.ranks = c.world > 1  # a second stop does not stop one rank at once
-
-    def safe_point(boundary: bool) -> None:
-        if c.world == 1:
-            saver(boundary, stop=stop.signum is not None)
-            if stop.signum is not None:
-                raise Interrupted(stop.signum)
-            return
-        if boundary:
-            distributed.verify(state)  # every rank holds the same state
-        halt, want = c.any(stop.signum is not None, saver.due(boundary))
-        if want or (halt and saver.due(boundary, stop=True)):
-            state.monitor.sync()
-            if not c.main:
-                state.monitor.flush(log)  # as rank 0's checkpoint does: same state after
-            saver.save(write=c.main)
-        if halt:
-            raise Interrupted(stop.signum or signal.SIGTERM)
-
-    return safe_point
-
-
-def _follow(run_stream, state, folder: Path, run: RunSection) -> None:
-    """A rank other than 0: the same run, writing nothing; ends when rank 0 has written
-    (`run`: the config's `run` section, whose checkpoint schedule every rank keeps)."""
-    log = lambda row: None  # noqa: E731 - rank 0's rows are the run's
-    saver = checkpoint.Checkpointer(state, folder, dict, run)
-    with catch_stops() as stop:
-        try:
-            run_stream(state, log, None, _safe_point(state, saver, stop, log))
-        except (RunFailed, Interrupted, KeyboardInterrupt):
-            pass  # rank 0 says why
-        finally:
-            stop.finishing = True
-    state.ctx.collective.broadcast(0)
-
-
-def _try_write_summary(folder: Path, summary: dict) -> None:
-    try:
-        write_json(folder / SUMMARY_FILE, summary)
-    except OSError:  # still no space: summary.json keeps what it held (or is absent)
-        pass
-
-
-def _fault_message(e: OSError, folder: Path, iteration: int, saved_at: int | None) -> str:
-    kept = (
-        f"its rows and the checkpoint of iteration {saved_at} are kept"
-        if saved_at is not None
-        else "its rows are kept; it has no checkpoint yet, so it will start again from the "
-        "beginning"
-    )
-    return (
-        f"{os_error(e)}: the run stopped at iteration {iteration} (status failed); {kept}. "
-        f"Free space or fix the disk, then: cl run --resume {folder}"
-    )

@@ -153,7 +153,7 @@ class ContinualEvaluation(MonitorPlugin):
 
     def _open(self, strategy) -> None:
         from cl import config
-        from cl.api import open_sinks
+        from cl.drive import open_sinks
         from cl.environment import environment
         from cl.monitor import Monitor
         from cl.store import create_run_folder, write_json

@@ -112,7 +112,7 @@ def _drive(cfgs, plains, folders, states, run_ids, rows, ckpts) -> list[str]:
     """Stack the members' states (as `ckpts` left them, if given), open each member's sinks,
     run the group with checkpoints at the single run's safe points, write every member's
     outputs. SIGINT/SIGTERM stop the group at its next safe point (a checkpoint first)."""
-    from cl import api, checkpoint, members, naming, outputs
+    from cl import checkpoint, drive, members, naming, outputs
     from cl.interrupt import Interrupted, catch_stops
     from cl.members.checkpoint import GroupCheckpointer, member_state_dicts
     from cl.runner import run_stream
@@ -121,7 +121,7 @@ def _drive(cfgs, plains, folders, states, run_ids, rows, ckpts) -> list[str]:
     try:
         group = members.stack(states, cfgs[0].optim, ckpts)
         for cfg, plain, folder, run_id, n in zip(cfgs, plains, folders, run_ids, rows, strict=True):
-            sinks.append(api.open_sinks(cfg.wandb, plain, folder, run_id, n, ckpts is not None))
+            sinks.append(drive.open_sinks(cfg.wandb, plain, folder, run_id, n, ckpts is not None))
         digests = [checkpoint.config_digest(f) for f in folders]
 
         def log(rows) -> None:
