@@ -182,9 +182,7 @@ class TrainabilityProbe:
         y = initial = None
         for _ in range(self.steps):
             out = probe(self.x)
-            if y is None:
-                y = torch.randn(out.shape, generator=self.targets).to(out.device)
-                y = y + out.detach() if offset else y
+            y = self.target(out, offset) if y is None else y
             loss = F.mse_loss(out, y)
             initial = float(loss.detach()) if initial is None else initial
             opt.zero_grad(set_to_none=True)
@@ -193,17 +191,30 @@ class TrainabilityProbe:
         with torch.no_grad():
             return initial, float(F.mse_loss(probe(self.x), y))
 
+    def target(self, out: torch.Tensor, offset: bool) -> torch.Tensor:
+        """The fit's random targets for the copy's first outputs `out` (the next draw of the
+        probe's target generator)."""
+        y = torch.randn(out.shape, generator=self.targets).to(out.device)
+        return y + out.detach() if offset else y
+
     def __call__(self, model: nn.Module) -> dict[str, float]:
-        row = {}
-        for kind, suffix in (("gaussian", ""), ("offset", "_offset")):
-            initial, final = self.fit(model, kind == "offset")
-            row[f"plasticity/probe_loss{suffix}"] = final
-            row[f"plasticity/probe_loss_initial{suffix}"] = initial
-            row[f"plasticity/probe_gain{suffix}"] = 1.0 - final / initial if initial else math.nan
-        return row
+        return probe_row([self.fit(model, offset) for offset in OFFSETS])
 
     def state_dict(self) -> dict:
         return {"targets": self.targets.get_state()}
 
     def load_state_dict(self, state: dict) -> None:
         self.targets.set_state(state["targets"])
+
+
+OFFSETS = (False, True)  # the probe's two fits, in order: gaussian, offset targets
+
+
+def probe_row(fits: list[tuple[float, float]]) -> dict[str, float]:
+    """The trainability probe's row from its (initial, final) losses of the `OFFSETS` fits."""
+    row = {}
+    for (initial, final), suffix in zip(fits, ("", "_offset"), strict=True):
+        row[f"plasticity/probe_loss{suffix}"] = final
+        row[f"plasticity/probe_loss_initial{suffix}"] = initial
+        row[f"plasticity/probe_gain{suffix}"] = 1.0 - final / initial if initial else math.nan
+    return row
