@@ -10,7 +10,6 @@ from cl.context import Context
 from cl.errors import UserError
 from cl.evaluation import Evaluator
 from cl.members.context import MemberContext, PerMember
-from cl.members.probes import stack_probes
 from cl.trackers.base import Evaluation
 
 
@@ -76,7 +75,6 @@ class GroupMonitor:
         self.every, self.unseen = monitors[0].every, monitors[0].unseen
         self.stream_tasks = monitors[0].stream.n_tasks
         self.evaluator = StackedEvaluator([m.evaluator for m in monitors], masks)
-        stack_probes(monitors, [c.model for c in members])  # one fit for all members' copies
 
     @property
     def record(self):
