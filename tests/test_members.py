@@ -259,3 +259,43 @@ def test_members_checkpointed_at_different_iterations_resume_as_separate_groups(
                         assert b[k] == pytest.approx(v, abs=1e-5), k
     finally:
         torch.set_num_threads(threads)
+
+
+def test_member_probes_equal_single_runs(tmp_path):
+    """With the plasticity probe and the trainability probe on (every few iterations), each
+    member's probe rows and summary equal its single run's (its own probe inputs and target
+    draws), including every `plasticity/*` key."""
+    probe = [
+        "plasticity.trainability_probe=true", "plasticity.probe_every=7",
+        "plasticity.probe_steps=6", "plasticity.probe_inputs=48", "plasticity.every=5",
+    ]  # fmt: skip
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        seeds = [0, 3, 5]
+        args = {s: [*TINY, *probe, f"seed={s}", f"run.name=s{s}"] for s in seeds}
+        loaded = [config.load([*args[s], f"run.dir={tmp_path}/g"]) for s in seeds]
+        statuses = run_members([c for c, _ in loaded], [config.as_plain(t) for _, t in loaded])
+        assert statuses == ["finished"] * len(seeds)
+        for s in seeds:
+            api.run([*args[s], f"run.dir={tmp_path}/one"], quiet=True)
+            single = rows(tmp_path / "one" / f"s{s}" / "metrics.jsonl")
+            member = rows(tmp_path / "g" / f"s{s}" / "metrics.jsonl")
+            probed = [r for r in single if "plasticity/probe_loss_offset" in r]
+            assert len(probed) >= 5  # before training, every 7 iterations, task ends
+            assert sum("plasticity/effective_rank" in r for r in single) >= 5  # every 5
+            assert len(single) == len(member)
+            for a, b in zip(single, member, strict=True):
+                assert a.keys() == b.keys()
+                for k, v in a.items():
+                    if isinstance(v, int | float):
+                        assert b[k] == pytest.approx(v, abs=1e-5), (s, k)
+            one = json.loads((tmp_path / "one" / f"s{s}" / "summary.json").read_text())
+            two = json.loads((tmp_path / "g" / f"s{s}" / "summary.json").read_text())
+            for k in ("probe_loss", "probe_loss_offset", "plasticity_loss_offset"):
+                assert two[k] == pytest.approx(one[k], abs=1e-5), (s, k)
+        # the members' probes differ (own inputs and targets): not one member's row copied
+        firsts = [rows(tmp_path / "g" / f"s{s}" / "metrics.jsonl")[0] for s in seeds]
+        assert len({r["plasticity/probe_loss"] for r in firsts}) == len(seeds)
+    finally:
+        torch.set_num_threads(threads)

@@ -42,6 +42,15 @@ class _Part:
         return self.model.run(self.method, x)
 
 
+def _grad_layout(w: torch.Tensor) -> torch.Tensor:
+    """A stacked linear weight `[members, out, in]` stored as vmap's backward writes its
+    gradient (`[members, in, out]` in memory, transposed): the gradient is then kept as it
+    comes instead of being copied into the parameter's layout at every backward, and its
+    elementwise optimizer state shares that layout (same values, about a third less time per
+    step of a 256-unit MLP on one CPU thread)."""
+    return w.transpose(1, 2).contiguous().transpose(1, 2)
+
+
 class StackedModel(nn.Module):
     """The members' models as one: parameter `name` is `params[name]` with a leading member
     axis; `forward`, `features`, `head` take and return `[members, batch, ...]`."""
@@ -50,7 +59,14 @@ class StackedModel(nn.Module):
         super().__init__()
         params, buffers = stack_module_state(models)
         self.names = list(params)
-        self.params = nn.ParameterList([nn.Parameter(params[n]) for n in self.names])
+        mods = models[0].named_modules()
+        linear = {f"{n}.weight".lstrip(".") for n, m in mods if isinstance(m, nn.Linear)}
+        self.params = nn.ParameterList(
+            [
+                nn.Parameter(_grad_layout(params[n]) if n in linear else params[n])
+                for n in self.names
+            ]
+        )
         self.buffer_names = list(buffers)
         for i, n in enumerate(self.buffer_names):
             self.register_buffer(f"buffer{i}", buffers[n])
