@@ -29,6 +29,15 @@ def rows(path):
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
+def assert_rows_equal(single: list[dict], member: list[dict], seed: int) -> None:
+    """Row by row the same keys, every number within 1e-5."""
+    for a, b in zip(single, member, strict=True):
+        assert a.keys() == b.keys()
+        for k, v in a.items():
+            if isinstance(v, int | float):
+                assert b[k] == pytest.approx(v, abs=1e-5), (seed, k)
+
+
 CBP = ["strategy.cbp.maturity_threshold=5", "strategy.cbp.replacement_rate=0.05"]  # replaces
 AGEM = ["strategy.agem.patterns_per_exp=32", "strategy.agem.sample_size=16"]
 MEMBER_WISE = [
@@ -86,11 +95,7 @@ def test_member_rows_equal_single_runs(tmp_path, strategy, extra):
             single = rows(tmp_path / "one" / f"s{s}" / "metrics.jsonl")
             member = rows(tmp_path / "g" / f"s{s}" / "metrics.jsonl")
             assert len(single) == len(member)
-            for a, b in zip(single[:20], member[:20], strict=True):
-                assert a.keys() == b.keys()
-                for k, v in a.items():
-                    if isinstance(v, int | float):
-                        assert b[k] == pytest.approx(v, abs=1e-5), (s, k)
+            assert_rows_equal(single[:20], member[:20], s)
             one = json.loads((tmp_path / "one" / f"s{s}" / "summary.json").read_text())
             two = json.loads((tmp_path / "g" / f"s{s}" / "summary.json").read_text())
             assert two["acc"] == pytest.approx(one["acc"], abs=1e-4)
@@ -285,11 +290,7 @@ def test_member_probes_equal_single_runs(tmp_path):
             assert len(probed) >= 5  # before training, every 7 iterations, task ends
             assert sum("plasticity/effective_rank" in r for r in single) >= 5  # every 5
             assert len(single) == len(member)
-            for a, b in zip(single, member, strict=True):
-                assert a.keys() == b.keys()
-                for k, v in a.items():
-                    if isinstance(v, int | float):
-                        assert b[k] == pytest.approx(v, abs=1e-5), (s, k)
+            assert_rows_equal(single, member, s)
             one = json.loads((tmp_path / "one" / f"s{s}" / "summary.json").read_text())
             two = json.loads((tmp_path / "g" / f"s{s}" / "summary.json").read_text())
             for k in ("probe_loss", "probe_loss_offset", "plasticity_loss_offset"):
